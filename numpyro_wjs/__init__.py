@@ -1,0 +1,8 @@
+"""numpyro_wjs: Langevin MCMC and walk-jump sampling for NumPyro."""
+
+from . import langevin
+from .kernels import MALA, ULA, UnderdampedLangevin
+
+__version__ = "0.1.0"
+
+__all__ = ["langevin", "ULA", "MALA", "UnderdampedLangevin", "__version__"]

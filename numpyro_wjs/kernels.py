@@ -1,0 +1,484 @@
+"""Langevin kernels for :class:`numpyro.infer.MCMC`: ULA, MALA, UnderdampedLangevin.
+
+Thin shells around the pure steps of :mod:`numpyro_wjs.langevin`: a kernel binds a
+score source (:mod:`numpyro_wjs.sources`), runs warmup adaptation with
+:func:`numpyro.infer.hmc_util.warmup_adapter` (dual averaging for the step size,
+windowed Welford estimates for the mass matrix), and calls the step.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import jax
+import jax.numpy as jnp
+from jax import random, vmap
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.hmc_util import warmup_adapter
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.util import is_prng_key
+
+from . import langevin as core
+from .sources import (
+    check_finite_start,
+    check_score_output,
+    check_source,
+    init_model,
+    make_source,
+    postprocess,
+)
+
+__all__ = ["ULA", "MALA", "UnderdampedLangevin", "ULAState", "MALAState", "UnderdampedLangevinState"]
+
+ULAState = namedtuple("ULAState", ["i", "z", "score", "diverging", "adapt_state", "rng_key"])
+"""State of :class:`ULA`.
+
+- **i**: iteration (continues after warmup).
+- **z**: current position (a pytree; unconstrained values for a model).
+- **score**: flattened ``grad log p(z)``.
+- **diverging**: the last step produced a non-finite point or score and was discarded.
+- **adapt_state**: ``numpyro.infer.hmc_util.HMCAdaptState`` (``step_size``,
+  ``inverse_mass_matrix``, ...).
+- **rng_key**: random key.
+"""
+
+MALAState = namedtuple(
+    "MALAState",
+    ["i", "z", "potential_energy", "score", "accept_prob", "mean_accept_prob", "diverging", "adapt_state", "rng_key"],
+)
+"""State of :class:`MALA`: as :data:`ULAState`, plus
+
+- **potential_energy**: ``-log p(z)``;
+- **accept_prob**: Metropolis-Hastings acceptance probability of the last proposal;
+- **mean_accept_prob**: its running mean over warmup, then over sampling.
+"""
+
+UnderdampedLangevinState = namedtuple(
+    "UnderdampedLangevinState", ["i", "z", "velocity", "score", "diverging", "adapt_state", "rng_key"]
+)
+"""State of :class:`UnderdampedLangevin`: as :data:`ULAState`, plus **velocity**
+(flattened momentum, kept across steps)."""
+
+
+def _positive(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a positive number, got {value!r}.") from None
+    if not (v > 0 and jnp.isfinite(v)):
+        raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
+    return v
+
+
+def _split(rng_key, n):
+    """``random.split`` for a key or a batch of keys (vectorized chains)."""
+    if is_prng_key(rng_key):
+        return random.split(rng_key, n)
+    return jnp.swapaxes(vmap(lambda k: random.split(k, n))(rng_key), 0, 1)
+
+
+def _metric(adapt_state) -> core.Metric:
+    return core.Metric(
+        adapt_state.inverse_mass_matrix, adapt_state.mass_matrix_sqrt, adapt_state.mass_matrix_sqrt_inv
+    )
+
+
+class _LangevinKernel(MCMCKernel):
+    """Shared machinery: score source, warmup adaptation, vectorized chains."""
+
+    _needs_potential = False
+    _default_adapt_step_size = False
+
+    def __init__(
+        self,
+        model=None,
+        potential_fn=None,
+        score_fn=None,
+        *,
+        step_size=0.1,
+        inverse_mass_matrix=None,
+        adapt_step_size=False,
+        adapt_mass_matrix=False,
+        dense_mass=None,
+        target_accept_prob=0.574,
+        init_strategy=init_to_uniform,
+    ):
+        name = type(self).__name__
+        check_source(name, model, potential_fn, score_fn, needs_potential=self._needs_potential)
+        self._step_size = _positive("step_size", step_size)
+        if not 0 < target_accept_prob < 1:
+            raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob}.")
+        if inverse_mass_matrix is not None:
+            inverse_mass_matrix = jnp.asarray(inverse_mass_matrix)
+            core.metric(inverse_mass_matrix)  # validates the shape
+        if dense_mass is None:
+            dense_mass = inverse_mass_matrix is not None and inverse_mass_matrix.ndim == 2
+        if not isinstance(dense_mass, bool):
+            raise TypeError("`dense_mass` must be True or False.")
+        self._model = model
+        self._potential_fn = potential_fn
+        self._score_fn = score_fn
+        self._inverse_mass_matrix = inverse_mass_matrix
+        self._adapt_step_size = adapt_step_size
+        self._adapt_mass_matrix = adapt_mass_matrix
+        self._dense_mass = dense_mass
+        self._target_accept_prob = target_accept_prob
+        self._init_strategy = init_strategy
+        self._potential_fn_gen = None
+        self._postprocess_fn_gen = None
+        self._sample_fn = None
+
+    # -- MCMCKernel interface ---------------------------------------------------
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def sample_field(self):
+        return "z"
+
+    @property
+    def default_fields(self):
+        return ("z", "diverging")
+
+    def get_diagnostics_str(self, state):
+        return f"step size {float(state.adapt_state.step_size):.2e}"
+
+    def postprocess_fn(self, args, kwargs):
+        return postprocess(self._postprocess_fn_gen, args, kwargs)
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        name = type(self).__name__
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        self._num_warmup = num_warmup
+        rng_key, key_model = _split(rng_key, 2)
+        if self._model is not None:
+            init_params, self._potential_fn_gen, self._postprocess_fn_gen = init_model(
+                key_model, self._model, self._init_strategy, model_args, model_kwargs, init_params
+            )
+        elif init_params is None:
+            raise ValueError(f"{name}: `init_params` must be given with `potential_fn` or `score_fn`.")
+        batched = not is_prng_key(rng_key)
+        example_z = jax.tree.map(lambda a: a[0], init_params) if batched else init_params
+        if self._score_fn is not None:
+            check_score_output(name, self._score_fn, example_z)
+        dim = ravel_pytree(example_z)[0].shape[0]
+        imm = self._inverse_mass_matrix
+        if imm is not None and imm.shape[0] != dim:
+            raise ValueError(
+                f"{name}: inverse_mass_matrix has size {imm.shape[0]} but the position has {dim} entries."
+            )
+        wa_init, self._wa_update = warmup_adapter(
+            num_warmup,
+            adapt_step_size=self._adapt_step_size,
+            adapt_mass_matrix=self._adapt_mass_matrix,
+            dense_mass=self._dense_mass,
+            target_accept_prob=self._target_accept_prob,
+        )
+
+        def init_one(z, key):
+            key, key_wa, key_core = random.split(key, 3)
+            x = ravel_pytree(z)[0]
+            wa_state = wa_init((x,), key_wa, self._step_size, inverse_mass_matrix=imm, mass_matrix_size=dim)
+            wa_state = wa_state._replace(rng_key=None)
+            source = self._source(z, model_args, model_kwargs)
+            return self._init_state(z, x, source, wa_state, key, key_core)
+
+        if batched:
+            state = vmap(init_one)(init_params, rng_key)
+            self._sample_fn = vmap(self._sample_one, in_axes=(0, None, None))
+        else:
+            state = init_one(init_params, rng_key)
+            self._sample_fn = self._sample_one
+        check_finite_start(name, state.score, getattr(state, "potential_energy", 0.0))
+        return state
+
+    def sample(self, state, model_args, model_kwargs):
+        return self._sample_fn(state, model_args, model_kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_wa_update"] = None
+        state["_sample_fn"] = None
+        return state
+
+    # -- shared pieces -----------------------------------------------------------
+    def _source(self, z, model_args, model_kwargs):
+        if self._model is not None:
+            potential_fn = self._potential_fn_gen(*model_args, **(model_kwargs or {}))
+            return make_source(z, potential_fn=potential_fn)
+        return make_source(z, self._potential_fn, self._score_fn)
+
+    def _adapt(self, i, accept_prob, x, adapt_state):
+        return jax.lax.cond(
+            i < self._num_warmup,
+            lambda s: self._wa_update(i, accept_prob, (x,), s),
+            lambda s: s,
+            adapt_state,
+        )
+
+    def _sample_one(self, state, model_args, model_kwargs):
+        raise NotImplementedError
+
+    def _init_state(self, z, x, source, wa_state, rng_key, key_core):
+        raise NotImplementedError
+
+
+class ULA(_LangevinKernel):
+    r"""Unadjusted (overdamped) Langevin algorithm.
+
+    .. math:: x_{t+1} = x_t + h\,C\,\nabla\log p(x_t) + \sqrt{2h}\,S\,\varepsilon_t,
+              \qquad S S^\top = C,\ \varepsilon_t \sim N(0, I).
+
+    Needs only the score, so it runs on an analytic or a learned one. It is biased:
+    on ``N(0, s^2)`` its stationary variance is ``s^2 / (1 - h / (2 s^2))`` and it
+    diverges for ``h >= 2 s^2``. A step that produces a non-finite point is discarded
+    and flagged in ``diverging``.
+
+    Parameters
+    ----------
+    model, potential_fn, score_fn
+        Exactly one score source (see :mod:`numpyro_wjs.sources`).
+    step_size : float
+        ``h > 0`` (fixed: there is no acceptance rate to adapt it to).
+    inverse_mass_matrix : array, optional
+        Preconditioner ``C``: ``(d,)`` diagonal or ``(d, d)`` dense; identity by default.
+    adapt_mass_matrix : bool
+        Estimate ``C`` from warmup draws (windowed Welford, as NUTS does). Default False.
+    dense_mass : bool, optional
+        Dense rather than diagonal adaptation (defaults to the shape of
+        ``inverse_mass_matrix``).
+    init_strategy : callable
+        NumPyro init strategy for ``model``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro.infer import MCMC
+    >>> from numpyro_wjs import ULA
+    >>> mcmc = MCMC(ULA(score_fn=lambda x: -x, step_size=0.1), num_warmup=100,
+    ...             num_samples=1000, progress_bar=False)
+    >>> mcmc.run(jax.random.key(0), init_params=jnp.zeros(2))
+    >>> mcmc.get_samples().shape
+    (1000, 2)
+    """
+
+    def __init__(
+        self,
+        model=None,
+        potential_fn=None,
+        score_fn=None,
+        *,
+        step_size=0.1,
+        inverse_mass_matrix=None,
+        adapt_mass_matrix=False,
+        dense_mass=None,
+        init_strategy=init_to_uniform,
+    ):
+        super().__init__(
+            model,
+            potential_fn,
+            score_fn,
+            step_size=step_size,
+            inverse_mass_matrix=inverse_mass_matrix,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            init_strategy=init_strategy,
+        )
+
+    def _init_state(self, z, x, source, wa_state, rng_key, key_core):
+        c = core.ula_init(x, source.score)
+        return ULAState(jnp.array(0), z, c.score, jnp.array(False), wa_state, rng_key)
+
+    def _sample_one(self, state, model_args, model_kwargs):
+        source = self._source(state.z, model_args, model_kwargs)
+        rng_key, key = random.split(state.rng_key)
+        x = ravel_pytree(state.z)[0]
+        adapt_state = state.adapt_state
+        new = core.ula_step(key, core.LangevinState(x, state.score), source.score, adapt_state.step_size, _metric(adapt_state))
+        ok = core.all_finite(*new)
+        x, score = jax.tree.map(lambda a, b: jnp.where(ok, a, b), tuple(new), (x, state.score))
+        adapt_state = self._adapt(state.i, 0.0, x, adapt_state)
+        return ULAState(state.i + 1, source.unravel(x), score, ~ok, adapt_state, rng_key)
+
+
+class MALA(_LangevinKernel):
+    r"""Metropolis-adjusted Langevin algorithm (Roberts & Tweedie 1996).
+
+    Proposal :math:`x' \sim N(x + h\,C\,\nabla\log p(x),\ 2h\,C)`, accepted with
+    probability :math:`\min\{1, p(x')q(x\mid x') / (p(x)q(x'\mid x))\}`: exact for
+    ``p``. The step size is tuned during warmup by dual averaging towards
+    ``target_accept_prob`` (0.574 is asymptotically optimal, Roberts & Rosenthal
+    1998), and ``C`` by windowed Welford estimates: both from
+    :func:`numpyro.infer.hmc_util.warmup_adapter`, as NUTS and BarkerMH do.
+
+    Needs ``log p``: pass ``model=`` or ``potential_fn=`` (a bare ``score_fn`` raises).
+
+    Parameters
+    ----------
+    model, potential_fn
+        Exactly one target.
+    step_size : float
+        Initial step size ``h > 0``.
+    target_accept_prob : float
+        Acceptance rate that dual averaging aims at.
+    adapt_step_size, adapt_mass_matrix : bool
+        Warmup adaptation switches (default True).
+    dense_mass : bool
+        Dense rather than diagonal mass matrix.
+    inverse_mass_matrix : array, optional
+        Initial ``C``.
+    init_strategy : callable
+        NumPyro init strategy for ``model``.
+
+    Example
+    -------
+    >>> import jax, numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import MCMC
+    >>> from numpyro_wjs import MALA
+    >>> def model():
+    ...     numpyro.sample("scale", dist.LogNormal(0.0, 0.5))
+    >>> mcmc = MCMC(MALA(model), num_warmup=500, num_samples=1000, progress_bar=False)
+    >>> mcmc.run(jax.random.key(0))
+    >>> mcmc.get_samples()["scale"].shape
+    (1000,)
+    """
+
+    _needs_potential = True
+
+    def __init__(
+        self,
+        model=None,
+        potential_fn=None,
+        score_fn=None,
+        *,
+        step_size=0.1,
+        target_accept_prob=0.574,
+        adapt_step_size=True,
+        adapt_mass_matrix=True,
+        dense_mass=False,
+        inverse_mass_matrix=None,
+        init_strategy=init_to_uniform,
+    ):
+        super().__init__(
+            model,
+            potential_fn,
+            score_fn,
+            step_size=step_size,
+            inverse_mass_matrix=inverse_mass_matrix,
+            adapt_step_size=adapt_step_size,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            target_accept_prob=target_accept_prob,
+            init_strategy=init_strategy,
+        )
+
+    def get_diagnostics_str(self, state):
+        return f"step size {float(state.adapt_state.step_size):.2e}. acc. prob={float(state.mean_accept_prob):.2f}"
+
+    def _init_state(self, z, x, source, wa_state, rng_key, key_core):
+        c = core.mala_init(x, source.logdensity)
+        zero = jnp.zeros((), c.logdensity.dtype)
+        return MALAState(jnp.array(0), z, -c.logdensity, c.score, zero, zero, jnp.array(False), wa_state, rng_key)
+
+    def _sample_one(self, state, model_args, model_kwargs):
+        source = self._source(state.z, model_args, model_kwargs)
+        rng_key, key = random.split(state.rng_key)
+        x = ravel_pytree(state.z)[0]
+        adapt_state = state.adapt_state
+        c = core.AdjustedLangevinState(x, -state.potential_energy, state.score)
+        c, info = core.mala_step(key, c, source.logdensity, adapt_state.step_size, _metric(adapt_state))
+        i = state.i
+        adapt_state = self._adapt(i, info.acceptance_rate, c.position, adapt_state)
+        n = jnp.where(i < self._num_warmup, i + 1, i + 1 - self._num_warmup)
+        mean_accept_prob = state.mean_accept_prob + (info.acceptance_rate - state.mean_accept_prob) / n
+        return MALAState(
+            i + 1,
+            source.unravel(c.position),
+            -c.logdensity,
+            c.score,
+            info.acceptance_rate,
+            mean_accept_prob,
+            info.diverging,
+            adapt_state,
+            rng_key,
+        )
+
+
+class UnderdampedLangevin(_LangevinKernel):
+    r"""Underdamped (kinetic) Langevin dynamics with the BAOAB splitting.
+
+    .. math:: dx = M^{-1} v\,dt,\qquad
+              dv = \nabla\log p(x)\,dt - \gamma v\,dt + \sqrt{2\gamma}\,M^{1/2} dW
+
+    integrated by :func:`numpyro_wjs.langevin.baoab_step` (half kick, half drift,
+    exact Ornstein-Uhlenbeck velocity refresh, half drift, half kick). The velocity
+    persists across steps, so the chain moves ballistically over a distance of
+    about ``1 / friction`` before it forgets its direction. Unadjusted (runs on a
+    score alone); on a Gaussian target its position marginal is exact at any stable
+    step size (Leimkuhler & Matthews 2013).
+
+    Parameters
+    ----------
+    model, potential_fn, score_fn
+        Exactly one score source.
+    step_size : float
+        ``h > 0``.
+    friction : float
+        ``gamma > 0``; ``exp(-gamma h)`` of the velocity survives each step.
+    inverse_mass_matrix, adapt_mass_matrix, dense_mass, init_strategy
+        As for :class:`ULA`.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro.infer import MCMC
+    >>> from numpyro_wjs import UnderdampedLangevin
+    >>> kernel = UnderdampedLangevin(score_fn=lambda x: -x, step_size=0.5, friction=1.0)
+    >>> mcmc = MCMC(kernel, num_warmup=100, num_samples=1000, progress_bar=False)
+    >>> mcmc.run(jax.random.key(0), init_params=jnp.zeros(2))
+    """
+
+    def __init__(
+        self,
+        model=None,
+        potential_fn=None,
+        score_fn=None,
+        *,
+        step_size=0.1,
+        friction=1.0,
+        inverse_mass_matrix=None,
+        adapt_mass_matrix=False,
+        dense_mass=None,
+        init_strategy=init_to_uniform,
+    ):
+        super().__init__(
+            model,
+            potential_fn,
+            score_fn,
+            step_size=step_size,
+            inverse_mass_matrix=inverse_mass_matrix,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            init_strategy=init_strategy,
+        )
+        self._friction = _positive("friction", friction)
+
+    def _init_state(self, z, x, source, wa_state, rng_key, key_core):
+        c = core.underdamped_init(x, source.score, key_core, _metric(wa_state))
+        return UnderdampedLangevinState(jnp.array(0), z, c.velocity, c.score, jnp.array(False), wa_state, rng_key)
+
+    def _sample_one(self, state, model_args, model_kwargs):
+        source = self._source(state.z, model_args, model_kwargs)
+        rng_key, key = random.split(state.rng_key)
+        x = ravel_pytree(state.z)[0]
+        adapt_state = state.adapt_state
+        old = core.UnderdampedState(x, state.velocity, state.score)
+        new = core.baoab_step(key, old, source.score, adapt_state.step_size, self._friction, _metric(adapt_state))
+        ok = core.all_finite(*new)
+        new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        adapt_state = self._adapt(state.i, 0.0, new.position, adapt_state)
+        return UnderdampedLangevinState(
+            state.i + 1, source.unravel(new.position), new.velocity, new.score, ~ok, adapt_state, rng_key
+        )

@@ -1,0 +1,291 @@
+"""Pure JAX Langevin steps: ULA, MALA and underdamped Langevin (BAOAB).
+
+Each algorithm is an ``init`` function and a ``step`` function of
+``(rng_key, state, <target>, <parameters>)``; none holds hidden state, so they run
+inside ``jax.lax.scan``, ``jax.vmap`` and ``jax.jit`` without NumPyro. The NumPyro
+kernels in :mod:`numpyro_wjs.kernels` are thin shells around these functions.
+
+Positions are arrays of any shape when the metric is ``None`` (identity) or a
+diagonal of the same shape; a dense metric needs flat ``(d,)`` positions.
+
+The metric (preconditioner) ``C = M^{-1}`` is stored as NumPyro's
+``hmc_util`` stores it during adaptation:
+
+* ``inverse_mass_matrix`` ``C``: ``(d,)`` (diagonal) or ``(d, d)`` (dense);
+* ``mass_matrix_sqrt`` ``L`` with ``M = L L^T``;
+* ``mass_matrix_sqrt_inv`` ``S^T`` with ``C = S S^T`` (``sqrt(C)`` when diagonal).
+
+Example
+-------
+>>> import jax, jax.numpy as jnp
+>>> from numpyro_wjs import langevin
+>>> score = lambda x: -x                       # N(0, I)
+>>> state = langevin.ula_init(jnp.zeros(3), score)
+>>> def body(state, key):
+...     state = langevin.ula_step(key, state, score, 0.1)
+...     return state, state.position
+>>> _, xs = jax.lax.scan(body, state, jax.random.split(jax.random.key(0), 1000))
+>>> xs.shape
+(1000, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import random
+from numpyro.infer.hmc_util import _initialize_mass_matrix
+
+Array = jax.Array
+ScoreFn = Callable[[Array], Array]
+LogDensityFn = Callable[[Array], Array]
+
+__all__ = [
+    "Metric",
+    "metric",
+    "LangevinState",
+    "ula_init",
+    "ula_step",
+    "AdjustedLangevinState",
+    "MALAInfo",
+    "mala_init",
+    "mala_step",
+    "UnderdampedState",
+    "underdamped_init",
+    "baoab_step",
+    "MAX_LOG_ACCEPT_DROP",
+    "all_finite",
+]
+
+#: A MALA proposal whose log acceptance ratio is below ``-MAX_LOG_ACCEPT_DROP`` (or
+#: non-finite) is flagged as divergent, as NumPyro's HMC does with ``max_delta_energy``.
+MAX_LOG_ACCEPT_DROP = 1000.0
+
+
+# --------------------------------------------------------------------------- metric
+class Metric(NamedTuple):
+    """Preconditioner ``C = M^{-1}`` in the layout of ``numpyro.infer.hmc_util``."""
+
+    inverse_mass_matrix: Array
+    """``C``: diagonal ``(d,)`` or dense ``(d, d)``."""
+    mass_matrix_sqrt: Array
+    """``L`` with ``M = L L^T`` (diagonal: ``1 / sqrt(C)``)."""
+    mass_matrix_sqrt_inv: Array
+    """``S^T`` with ``C = S S^T`` (diagonal: ``sqrt(C)``)."""
+
+
+def metric(inverse_mass_matrix: Array) -> Metric:
+    """Build a :class:`Metric` from ``C``: a ``(d,)`` diagonal or a ``(d, d)`` matrix."""
+    c = jnp.asarray(inverse_mass_matrix)
+    if c.ndim not in (1, 2) or (c.ndim == 2 and c.shape[0] != c.shape[1]):
+        raise ValueError(
+            "inverse_mass_matrix must be a (d,) diagonal or a square (d, d) matrix, "
+            f"got shape {c.shape}."
+        )
+    dense = c.ndim == 2
+    return Metric(*_initialize_mass_matrix(jnp.zeros(c.shape[0], c.dtype), c, dense))
+
+
+def _dense(m: Metric) -> bool:
+    return jnp.ndim(m.inverse_mass_matrix) == 2
+
+
+def _apply_c(m: Metric | None, g: Array) -> Array:
+    """``C g``."""
+    if m is None:
+        return g
+    return m.inverse_mass_matrix @ g if _dense(m) else m.inverse_mass_matrix * g
+
+
+def _noise_c(m: Metric | None, eps: Array) -> Array:
+    """``S eps ~ N(0, C)`` for ``eps ~ N(0, I)``."""
+    if m is None:
+        return eps
+    return m.mass_matrix_sqrt_inv.T @ eps if _dense(m) else m.mass_matrix_sqrt_inv * eps
+
+
+def _noise_m(m: Metric | None, xi: Array) -> Array:
+    """``L xi ~ N(0, M)`` for ``xi ~ N(0, I)``."""
+    if m is None:
+        return xi
+    return m.mass_matrix_sqrt @ xi if _dense(m) else m.mass_matrix_sqrt * xi
+
+
+def _sq_norm_m(m: Metric | None, v: Array) -> Array:
+    """``v^T M v``."""
+    if m is None:
+        return jnp.sum(v * v)
+    w = m.mass_matrix_sqrt.T @ v if _dense(m) else m.mass_matrix_sqrt * v
+    return jnp.sum(w * w)
+
+
+def all_finite(*xs: Array) -> Array:
+    """True when every entry of every array is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+
+
+# --------------------------------------------------------------------------- ULA
+class LangevinState(NamedTuple):
+    """State of overdamped Langevin (ULA)."""
+
+    position: Array
+    """Current point ``x``."""
+    score: Array
+    """``grad log p(x)``, kept so each step evaluates the score once."""
+
+
+def ula_init(position: Array, score_fn: ScoreFn) -> LangevinState:
+    """Initial ULA state: the score at ``position``."""
+    return LangevinState(position, score_fn(position))
+
+
+def ula_step(
+    rng_key: Array,
+    state: LangevinState,
+    score_fn: ScoreFn,
+    step_size: float | Array,
+    metric: Metric | None = None,
+) -> LangevinState:
+    """One unadjusted Langevin step.
+
+    ``x' = x + h C grad log p(x) + sqrt(2h) S eps``, ``eps ~ N(0, I)``, ``S S^T = C``.
+
+    Biased: on ``N(0, s^2)`` (``C = 1``) the stationary variance is
+    ``s^2 / (1 - h / (2 s^2))``; it diverges for ``h >= 2 s^2``.
+    """
+    x, g = state
+    eps = random.normal(rng_key, jnp.shape(x), jnp.result_type(x))
+    x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)
+    return LangevinState(x_new, score_fn(x_new))
+
+
+# --------------------------------------------------------------------------- MALA
+class AdjustedLangevinState(NamedTuple):
+    """State of the Metropolis-adjusted Langevin algorithm."""
+
+    position: Array
+    """Current point ``x``."""
+    logdensity: Array
+    """``log p(x)`` up to a constant, needed by the Metropolis-Hastings ratio."""
+    score: Array
+    """``grad log p(x)``, the drift of the proposal."""
+
+
+class MALAInfo(NamedTuple):
+    """What happened during one MALA step."""
+
+    acceptance_rate: Array
+    """``min(1, exp(log_ratio))``: drives step-size adaptation."""
+    is_accepted: Array
+    """Whether the proposal was accepted."""
+    diverging: Array
+    """The proposal was non-finite or its log ratio below ``-MAX_LOG_ACCEPT_DROP``."""
+
+
+def mala_init(position: Array, logdensity_fn: LogDensityFn) -> AdjustedLangevinState:
+    """Initial MALA state: ``log p`` and its gradient at ``position``."""
+    logdensity, score = jax.value_and_grad(logdensity_fn)(position)
+    return AdjustedLangevinState(position, logdensity, score)
+
+
+def _mala_log_q(m: Metric | None, x_to: Array, x_from: Array, g_from: Array, h) -> Array:
+    """``log q(x_to | x_from) + const`` for ``q = N(x_from + h C g_from, 2 h C)``."""
+    d = x_to - x_from - h * _apply_c(m, g_from)
+    return -_sq_norm_m(m, d) / (4 * h)
+
+
+def mala_step(
+    rng_key: Array,
+    state: AdjustedLangevinState,
+    logdensity_fn: LogDensityFn,
+    step_size: float | Array,
+    metric: Metric | None = None,
+) -> tuple[AdjustedLangevinState, MALAInfo]:
+    """One Metropolis-adjusted Langevin step.
+
+    Proposal ``x' ~ N(x + h C grad log p(x), 2 h C)``, accepted with probability
+    ``min(1, p(x') q(x | x') / (p(x) q(x' | x)))``; the chain is exact for ``p``.
+    """
+    key_prop, key_accept = random.split(rng_key)
+    x, logp, g = state
+    eps = random.normal(key_prop, jnp.shape(x), jnp.result_type(x))
+    x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)
+    logp_new, g_new = jax.value_and_grad(logdensity_fn)(x_new)
+    log_ratio = (
+        logp_new
+        - logp
+        + _mala_log_q(metric, x, x_new, g_new, step_size)
+        - _mala_log_q(metric, x_new, x, g, step_size)
+    )
+    finite = all_finite(logp_new, g_new, log_ratio)
+    log_ratio = jnp.where(finite, log_ratio, -jnp.inf)
+    accept_prob = jnp.minimum(1.0, jnp.exp(log_ratio))
+    accepted = random.uniform(key_accept, dtype=jnp.result_type(accept_prob)) < accept_prob
+    new = AdjustedLangevinState(x_new, logp_new, g_new)
+    state = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), new, state)
+    diverging = log_ratio < -MAX_LOG_ACCEPT_DROP
+    return state, MALAInfo(accept_prob, accepted, diverging)
+
+
+# --------------------------------------------------------------------------- underdamped
+class UnderdampedState(NamedTuple):
+    """State of underdamped (kinetic) Langevin."""
+
+    position: Array
+    """Current point ``x``."""
+    velocity: Array
+    """Momentum ``v``; it persists across steps (that is what makes the dynamics kinetic)."""
+    score: Array
+    """``grad log p(x)``, reused by the next step's first half kick."""
+
+
+def underdamped_init(
+    position: Array,
+    score_fn: ScoreFn,
+    rng_key: Array | None = None,
+    metric: Metric | None = None,
+) -> UnderdampedState:
+    """Initial state; velocity ``v ~ N(0, M)`` when ``rng_key`` is given, else zero."""
+    if rng_key is None:
+        v = jnp.zeros_like(position)
+    else:
+        xi = random.normal(rng_key, jnp.shape(position), jnp.result_type(position))
+        v = _noise_m(metric, xi)
+    return UnderdampedState(position, v, score_fn(position))
+
+
+def baoab_step(
+    rng_key: Array,
+    state: UnderdampedState,
+    score_fn: ScoreFn,
+    step_size: float | Array,
+    friction: float | Array,
+    metric: Metric | None = None,
+) -> UnderdampedState:
+    """One BAOAB step of underdamped Langevin with mass ``M = C^{-1}``.
+
+    ``dx = M^{-1} v dt``, ``dv = grad log p(x) dt - gamma v dt + sqrt(2 gamma) M^{1/2} dW``::
+
+        B: v <- v + (h/2) grad log p(x)
+        A: x <- x + (h/2) C v
+        O: v <- exp(-gamma h) v + sqrt(1 - exp(-2 gamma h)) L xi,    L L^T = M
+        A: x <- x + (h/2) C v
+        B: v <- v + (h/2) grad log p(x)
+
+    On a Gaussian target the position marginal of BAOAB is exact at any stable ``h``
+    (Leimkuhler & Matthews 2013). One score evaluation per step.
+    """
+    x, v, g = state
+    h = step_size
+    a = jnp.exp(-friction * h)
+    v = v + 0.5 * h * g
+    x = x + 0.5 * h * _apply_c(metric, v)
+    xi = random.normal(rng_key, jnp.shape(v), jnp.result_type(v))
+    v = a * v + jnp.sqrt(1.0 - a * a) * _noise_m(metric, xi)
+    x = x + 0.5 * h * _apply_c(metric, v)
+    g = score_fn(x)
+    v = v + 0.5 * h * g
+    return UnderdampedState(x, v, g)

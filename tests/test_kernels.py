@@ -1,0 +1,243 @@
+"""ULA, MALA and UnderdampedLangevin as NumPyro kernels: exactness and MCMC plumbing."""
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC, NUTS
+
+from mc import assert_mean_close, assert_moments_close
+from numpyro_wjs import MALA, ULA, UnderdampedLangevin
+
+
+def _ill_conditioned(cond=100.0, angle=np.pi / 6):
+    r = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return r @ np.diag([1.0, 1.0 / cond]) @ r.T
+
+
+def _gauss_potential(cov, mean=None):
+    prec = jnp.asarray(np.linalg.inv(cov))
+    mean = jnp.zeros(cov.shape[0]) if mean is None else jnp.asarray(mean)
+    return lambda z: 0.5 * (z - mean) @ prec @ (z - mean)
+
+
+def _run(kernel, num_warmup=500, num_samples=2000, num_chains=4, chain_method="vectorized", seed=0, **kw):
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=chain_method, progress_bar=False)
+    mcmc.run(jax.random.key(seed), **kw)
+    return mcmc
+
+
+# ----------------------------------------------------------------- exactness and known bias
+def test_ula_kernel_has_the_known_bias():
+    s2, h = 2.0, 1.0
+    mcmc = _run(ULA(score_fn=lambda x: -x / s2, step_size=h), num_samples=3000, num_chains=16,
+                init_params=jnp.zeros((16, 1)))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True))
+    assert_moments_close(draws, [0.0], [[s2 / (1 - h / (2 * s2))]])
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_mala_recovers_ill_conditioned_gaussian_with_adaptation(dense):
+    cov = _ill_conditioned(100.0)
+    mean = np.array([0.5, -1.0])
+    kernel = MALA(potential_fn=_gauss_potential(cov, mean), dense_mass=dense)
+    mcmc = _run(kernel, num_warmup=1000, num_samples=3000, init_params=jnp.zeros((4, 2)),
+                extra_fields=("accept_prob", "adapt_state.step_size"))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True))
+    assert_moments_close(draws, mean, cov)
+    # dual averaging reaches its target acceptance rate (binomial-ish error on 12000 draws)
+    acc = np.asarray(mcmc.get_extra_fields()["accept_prob"]).mean()
+    assert abs(acc - 0.574) < 0.06
+    if dense:  # a dense metric makes the problem isotropic: large steps
+        assert float(mcmc.get_extra_fields()["adapt_state.step_size"][-1]) > 0.3
+
+
+def test_underdamped_exact_on_gaussian_from_a_score():
+    cov = np.array([[1.0, 0.5], [0.5, 0.8]])
+    prec = jnp.asarray(np.linalg.inv(cov))
+    kernel = UnderdampedLangevin(score_fn=lambda z: -prec @ z, step_size=0.8, friction=1.0)
+    mcmc = _run(kernel, num_samples=3000, num_chains=8, init_params=jnp.zeros((8, 2)))
+    assert_moments_close(np.asarray(mcmc.get_samples(group_by_chain=True)), [0.0, 0.0], cov)
+
+
+def _gamma_model():
+    numpyro.sample("rate", dist.Gamma(3.0, 2.0))
+
+
+@pytest.mark.parametrize("kernel_cls", [MALA, UnderdampedLangevin, ULA])
+def test_model_with_constrained_site(kernel_cls):
+    kw = {} if kernel_cls is MALA else {"step_size": 0.05}
+    mcmc = _run(kernel_cls(_gamma_model, **kw), num_warmup=500, num_samples=3000)
+    rate = np.asarray(mcmc.get_samples(group_by_chain=True)["rate"])
+    assert rate.min() > 0
+    if kernel_cls is MALA:  # exact: Gamma(3, 2) has mean 1.5 and variance 0.75
+        assert_mean_close(rate, 1.5)
+        assert_mean_close((rate - 1.5) ** 2, 0.75)
+    else:  # unadjusted: small bias at h = 0.05, the mean is still close
+        assert abs(rate.mean() - 1.5) < 0.1
+
+
+def _normal_mean_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    numpyro.deterministic("mu2", 2 * mu)
+    numpyro.sample("obs", dist.Normal(mu, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("jit_model_args", [False, True])
+def test_model_args_deterministic_sites_and_jit_model_args(jit_model_args):
+    y = jnp.array([0.3, 1.2, 0.8, 2.0])
+    mcmc = MCMC(MALA(_normal_mean_model), num_warmup=300, num_samples=2000, num_chains=2,
+                chain_method="sequential", progress_bar=False, jit_model_args=jit_model_args)
+    for data in (y, y + 3.0):  # a second call with new data must see the new data
+        mcmc.run(jax.random.key(1), data)
+        s = mcmc.get_samples(group_by_chain=True)
+        post_var = 1.0 / (len(data) + 1e-2)
+        assert_mean_close(np.asarray(s["mu"]), float(data.sum()) * post_var)
+        np.testing.assert_allclose(s["mu2"], 2 * s["mu"], rtol=1e-6)
+
+
+# ----------------------------------------------------------------- MCMC plumbing
+@pytest.mark.parametrize("kernel", [
+    ULA(score_fn=lambda z: {"a": -z["a"], "b": -z["b"] / 4}, step_size=0.1),
+    UnderdampedLangevin(score_fn=lambda z: {"a": -z["a"], "b": -z["b"] / 4}, step_size=0.3),
+    MALA(potential_fn=lambda z: 0.5 * jnp.sum(z["a"] ** 2) + z["b"] ** 2 / 8),
+])
+def test_pytree_positions(kernel):
+    init = {"a": jnp.zeros((4, 3)), "b": jnp.zeros(4)}
+    mcmc = _run(kernel, num_samples=1000, init_params=init)
+    s = mcmc.get_samples()
+    assert s["a"].shape == (4000, 3) and s["b"].shape == (4000,)
+    assert 2.0 < float(jnp.var(s["b"])) < 6.5  # variance 4 (plus the unadjusted kernels' small bias)
+
+
+@pytest.mark.parametrize("kernel_cls", [ULA, MALA, UnderdampedLangevin])
+def test_chain_methods_agree(kernel_cls):
+    kw = {"potential_fn": lambda z: 0.5 * jnp.sum(z**2)}
+    runs = {}
+    for method in ("sequential", "vectorized", "parallel"):
+        mcmc = _run(kernel_cls(**kw), num_warmup=50, num_samples=100, num_chains=2, chain_method=method,
+                    init_params=jnp.ones((2, 3)))
+        runs[method] = np.asarray(mcmc.get_samples(group_by_chain=True))
+    np.testing.assert_allclose(runs["sequential"], runs["vectorized"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(runs["sequential"], runs["parallel"], rtol=1e-4, atol=1e-5)
+
+
+def test_thinning_extra_fields_continuation_and_arviz(capsys):
+    kernel = MALA(potential_fn=lambda z: 0.5 * jnp.sum(z**2))
+    mcmc = MCMC(kernel, num_warmup=200, num_samples=400, num_chains=2, chain_method="vectorized",
+                thinning=2, progress_bar=False)
+    mcmc.run(jax.random.key(0), init_params=jnp.zeros((2, 2)),
+             extra_fields=("accept_prob", "adapt_state.step_size", "potential_energy"))
+    assert mcmc.get_samples().shape == (400, 2)
+    fields = mcmc.get_extra_fields(group_by_chain=True)
+    assert fields["accept_prob"].shape == (2, 200) and fields["diverging"].shape == (2, 200)
+
+    dt = az.from_numpyro(mcmc)
+    stats = dt["sample_stats"]
+    for name in ("acceptance_rate", "step_size", "diverging", "lp"):
+        assert name in stats, name
+    assert az.summary(dt) is not None
+
+    # continuation: sampling goes on from the last state, without new warmup
+    step = np.asarray(fields["adapt_state.step_size"][:, -1:])
+    mcmc.post_warmup_state = mcmc.last_state
+    mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("adapt_state.step_size",))
+    np.testing.assert_allclose(mcmc.get_extra_fields(group_by_chain=True)["adapt_state.step_size"],
+                               np.broadcast_to(step, (2, 200)))
+    mcmc.print_summary()
+    assert "Number of divergences: 0" in capsys.readouterr().out
+
+
+def test_model_runs_convert_to_datatree_with_site_names():
+    mcmc = _run(MALA(_gamma_model), num_warmup=100, num_samples=200, num_chains=2,
+                extra_fields=("accept_prob",))
+    dt = az.from_numpyro(mcmc)
+    assert dt["posterior"]["rate"].shape == (2, 200)
+    assert "acceptance_rate" in dt["sample_stats"]
+
+
+def test_progress_bar_shows_the_step_size(capsys):
+    mcmc = MCMC(MALA(potential_fn=lambda z: 0.5 * jnp.sum(z**2)), num_warmup=20, num_samples=20)
+    mcmc.run(jax.random.key(0), init_params=jnp.zeros(2))
+    assert mcmc.get_samples().shape == (20, 2)
+
+
+def test_mala_and_nuts_agree_on_a_model():
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(x, 0.5), obs=1.0)
+
+    nuts = _run(NUTS(model), num_samples=2000, num_chains=2)
+    mala = _run(MALA(model), num_samples=4000, num_chains=2)
+    exact = 1.0 * 1.0 / (1.0 + 0.25)
+    assert_mean_close(np.asarray(mala.get_samples(group_by_chain=True)["x"]), exact)
+    assert_mean_close(np.asarray(nuts.get_samples(group_by_chain=True)["x"]), exact)
+
+
+# ----------------------------------------------------------------- divergence is flagged, never NaN
+def test_ula_beyond_stability_flags_divergence_and_keeps_finite_draws():
+    mcmc = _run(ULA(score_fn=lambda z: -z, step_size=2.5), num_warmup=0, num_samples=600, num_chains=2,
+                init_params=jnp.ones((2, 1)))
+    draws = np.asarray(mcmc.get_samples())
+    div = np.asarray(mcmc.get_extra_fields()["diverging"])
+    assert np.all(np.isfinite(draws))
+    assert div.sum() > 0
+
+
+def test_underdamped_nonfinite_score_is_flagged():
+    score = lambda z: jnp.where(jnp.abs(z) > 1.5, jnp.nan, -z)
+    mcmc = _run(UnderdampedLangevin(score_fn=score, step_size=0.5), num_warmup=0, num_samples=500,
+                num_chains=2, init_params=jnp.zeros((2, 1)))
+    assert np.all(np.isfinite(np.asarray(mcmc.get_samples())))
+    assert np.asarray(mcmc.get_extra_fields()["diverging"]).sum() > 0
+
+
+# ----------------------------------------------------------------- bad input
+def test_exactly_one_source():
+    with pytest.raises(ValueError, match="exactly one"):
+        ULA()
+    with pytest.raises(ValueError, match="exactly one"):
+        ULA(potential_fn=lambda z: z, score_fn=lambda z: z)
+    with pytest.raises(ValueError, match="exactly one"):
+        MALA(_gamma_model, potential_fn=lambda z: z)
+
+
+def test_mala_refuses_a_bare_score():
+    with pytest.raises(ValueError, match="log p"):
+        MALA(score_fn=lambda z: -z)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_step_size_and_friction_must_be_positive(bad):
+    with pytest.raises(ValueError, match="step_size"):
+        ULA(score_fn=lambda z: -z, step_size=bad)
+    with pytest.raises(ValueError, match="friction"):
+        UnderdampedLangevin(score_fn=lambda z: -z, friction=bad)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="step_size"):
+        ULA(score_fn=lambda z: -z, step_size="big")
+    with pytest.raises(ValueError, match="target_accept_prob"):
+        MALA(potential_fn=lambda z: z, target_accept_prob=1.5)
+    with pytest.raises(TypeError, match="callable"):
+        ULA(score_fn=3.0)
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        ULA(score_fn=lambda z: -z, inverse_mass_matrix=jnp.ones((2, 3)))
+
+
+def test_init_errors():
+    with pytest.raises(ValueError, match="init_params"):
+        _run(ULA(score_fn=lambda z: -z), num_chains=1)
+    with pytest.raises(ValueError, match="shape"):
+        _run(ULA(score_fn=lambda z: -z[:1]), num_chains=1, init_params=jnp.zeros(3))
+    with pytest.raises(ValueError, match="has size 2"):
+        _run(ULA(score_fn=lambda z: -z, inverse_mass_matrix=jnp.ones(2)), num_chains=1, init_params=jnp.zeros(3))
+    with pytest.raises(ValueError, match="not finite"):
+        _run(ULA(score_fn=lambda z: z / 0.0), num_chains=1, init_params=jnp.zeros(3))
+    with pytest.raises(ValueError, match="not finite"):
+        _run(MALA(potential_fn=lambda z: jnp.sum(jnp.log(z))), num_chains=2, init_params=-jnp.ones((2, 3)))

@@ -1,0 +1,102 @@
+"""The pure step functions against exact oracles (theory.md section 1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mc import assert_moments_close
+from numpyro_wjs import langevin
+
+
+def _run(step, state, key, num_steps):
+    def body(s, k):
+        s = step(k, s)
+        return s, s.position
+
+    keys = jax.random.split(key, num_steps)
+    return jax.jit(lambda s: jax.lax.scan(body, s, keys))(state)[1]
+
+
+def _vrun(step, init, key, num_chains, num_steps, burn=200):
+    """Run chains with vmap over scan; return draws (chain, draw, d) after burn-in."""
+    keys = jax.random.split(key, num_chains)
+    out = jax.vmap(lambda k: _run(step, init, k, num_steps))(keys)
+    return np.asarray(out)[:, burn:]
+
+
+@pytest.mark.parametrize("h", [0.2, 0.6])
+def test_ula_stationary_variance_is_the_known_biased_one(h):
+    s2 = 1.5
+    score = lambda x: -x / s2
+    draws = _vrun(lambda k, st: langevin.ula_step(k, st, score, h), langevin.ula_init(jnp.zeros(1), score),
+                  jax.random.key(1), 32, 3000)
+    biased = s2 / (1 - h / (2 * s2))
+    assert_moments_close(draws, [0.0], [[biased]])
+    # the bias is real: the unbiased variance is rejected
+    assert abs(draws.var() - s2) > 0.5 * (biased - s2)
+
+
+def test_preconditioned_ula_on_correlated_gaussian():
+    cov = np.array([[1.0, 0.9], [0.9, 1.0]])
+    prec = jnp.asarray(np.linalg.inv(cov))
+    score = lambda x: -prec @ x
+    m = langevin.metric(jnp.asarray(cov))
+    h = 0.3
+    draws = _vrun(lambda k, st: langevin.ula_step(k, st, score, h, m), langevin.ula_init(jnp.zeros(2), score),
+                  jax.random.key(2), 32, 3000)
+    # with C = cov: x' = (1 - h) x + sqrt(2h) S eps, stationary covariance cov / (1 - h/2)
+    assert_moments_close(draws, [0.0, 0.0], cov / (1 - h / 2))
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_baoab_position_marginal_exact_on_gaussian_at_large_step(dense):
+    cov = np.array([[1.0, 0.3], [0.3, 0.5]])
+    prec = jnp.asarray(np.linalg.inv(cov))
+    score = lambda x: -prec @ x
+    m = langevin.metric(jnp.eye(2) if dense else jnp.ones(2))
+    h, gamma = 0.9, 1.0  # ULA at this step size would be far off
+    init = langevin.underdamped_init(jnp.zeros(2), score, jax.random.key(0), m)
+    draws = _vrun(lambda k, st: langevin.baoab_step(k, st, score, h, gamma, m), init,
+                  jax.random.key(3), 32, 3000)
+    assert_moments_close(draws, [0.0, 0.0], cov)
+
+
+def test_mala_exact_with_dense_metric():
+    cov = np.array([[1.0, -0.7], [-0.7, 2.0]])
+    mean = np.array([1.0, -2.0])
+    prec = jnp.asarray(np.linalg.inv(cov))
+    logp = lambda x: -0.5 * (x - mean) @ prec @ (x - mean)
+    m = langevin.metric(jnp.asarray(cov) * 0.8)
+
+    def step(k, st):
+        return langevin.mala_step(k, st, logp, 1.2, m)[0]
+
+    draws = _vrun(step, langevin.mala_init(jnp.zeros(2), logp), jax.random.key(4), 32, 3000)
+    assert_moments_close(draws, mean, cov)
+
+
+def test_mala_info_and_rejection_of_nonfinite_proposals():
+    # log p = -inf outside the unit interval: proposals there are rejected and flagged
+    logp = lambda x: jnp.where(jnp.all(jnp.abs(x) < 1), -0.5 * jnp.sum(x**2), -jnp.inf)
+    state = langevin.mala_init(jnp.zeros(1), logp)
+    new, info = langevin.mala_step(jax.random.key(0), state, logp, 100.0)
+    assert not bool(info.is_accepted) and bool(info.diverging)
+    assert float(info.acceptance_rate) == 0.0
+    np.testing.assert_array_equal(new.position, state.position)
+
+
+def test_steps_work_on_image_shaped_positions():
+    score = lambda x: -x
+    x = jnp.zeros((28, 28, 1))
+    st = langevin.baoab_step(jax.random.key(0), langevin.underdamped_init(x, score, jax.random.key(1)), score, 0.1, 1.0)
+    assert st.position.shape == (28, 28, 1)
+    st = langevin.ula_step(jax.random.key(0), langevin.ula_init(x, score), score, 0.1)
+    assert st.position.shape == (28, 28, 1)
+
+
+def test_metric_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        langevin.metric(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        langevin.metric(jnp.ones((2, 2, 2)))
