@@ -2,7 +2,8 @@
 
 from . import langevin
 from .kernels import MALA, ULA, UnderdampedLangevin
+from .walkjump import WalkJump
 
 __version__ = "0.1.0"
 
-__all__ = ["langevin", "ULA", "MALA", "UnderdampedLangevin", "__version__"]
+__all__ = ["langevin", "ULA", "MALA", "UnderdampedLangevin", "WalkJump", "__version__"]

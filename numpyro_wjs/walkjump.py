@@ -1,0 +1,470 @@
+"""Walk-jump sampling (Saremi & Hyvarinen 2019, "Neural Empirical Bayes").
+
+WALK: Langevin MCMC on the smoothed density ``p_Y = p_X * N(0, sigma^2 I)`` with the
+score given by a denoiser through Tweedie-Miyasawa,
+``grad log p_Y(y) = (E[X | y] - y) / sigma^2``. JUMP: ``x = E[X | y]``. Jumps never
+feed back into the walk.
+
+With ``M`` measurements ``y_m = x + sigma eps_m`` the mean ``ybar`` is sufficient
+for ``x`` with noise ``sigma / sqrt(M)``, so (Saremi & Srivastava 2022)
+
+* ``joint``: walk on all ``M`` copies with ``grad_{y_m} log p = (E[X | ybar] - y_m) / sigma^2``
+  and jump to ``E[X | ybar]`` at noise ``sigma / sqrt(M)``;
+* ``sequential``: walk ``y_1`` at ``sigma`` (this is what mixes), and at each jump draw
+  ``y_2 .. y_M`` from ``p(y_m | y_1..y_{m-1})``, whose score is
+  ``(E[X | y_1..y_m] - y_m) / sigma^2``, by short Langevin runs; jump to
+  ``E[X | y_1..y_M]`` (Saremi, Park & Bach 2024, "Chain of log-concave Markov chains").
+
+The pure functions (:func:`smoothed_score`, :func:`joint_score`,
+:func:`sequential_jump`, :func:`walk_step`) run inside ``jax.lax.scan``;
+:class:`WalkJump` wraps them as a NumPyro ``MCMCKernel``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import random, vmap
+from numpyro.infer.hmc_util import warmup_adapter
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.util import identity, is_prng_key
+
+from . import langevin as core
+
+Array = jax.Array
+Denoiser = Callable[..., Array]
+
+__all__ = [
+    "WalkJump",
+    "WalkJumpState",
+    "WalkState",
+    "smoothed_score",
+    "joint_score",
+    "walk_step",
+    "sequential_jump",
+]
+
+
+# --------------------------------------------------------------------------- pure core
+def smoothed_score(denoiser: Callable[[Array], Array], sigma: float) -> Callable[[Array], Array]:
+    """Tweedie-Miyasawa: ``grad log p_Y(y) = (denoiser(y) - y) / sigma^2``."""
+    return lambda y: (denoiser(y) - y) / sigma**2
+
+
+def joint_score(denoiser: Callable[[Array, float], Array], sigma: float, num_measurements: int):
+    """Score of ``p(y_1..y_M)`` on ``y`` of shape ``(M, *event)``.
+
+    ``grad_{y_m} log p = (E[X | ybar] - y_m) / sigma^2`` with ``E[X | ybar]`` at noise
+    ``sigma / sqrt(M)``; ``denoiser(y, s)`` is noise-conditional.
+    """
+    s = sigma / math.sqrt(num_measurements)
+    return lambda y: (denoiser(jnp.mean(y, axis=0), s)[None] - y) / sigma**2
+
+
+class WalkState(NamedTuple):
+    """State of the walk on ``p_Y``."""
+
+    y: Array
+    """Noisy position (one measurement ``(*event)``, or ``(M, *event)``)."""
+    velocity: Array
+    """Momentum of the underdamped walk (zeros and unused for the overdamped one)."""
+    score: Array
+    """``grad log p_Y(y)``; the jump ``E[X|y]`` is ``y + sigma^2 score``, free of charge."""
+
+
+def _trapezoid_dlogp(y0, g0, y1, g1):
+    """``log p(y1) - log p(y0)`` by the trapezoid rule on the score (exact for Gaussians)."""
+    return 0.5 * jnp.sum((g0 + g1) * (y1 - y0))
+
+
+def walk_step(
+    rng_key: Array,
+    state: WalkState,
+    score_fn: Callable[[Array], Array],
+    step_size,
+    friction,
+    underdamped: bool = True,
+) -> tuple[WalkState, Array]:
+    """One walk step: BAOAB (underdamped) or ULA (overdamped) on ``p_Y``.
+
+    Returns the new state and an *estimated* Metropolis acceptance probability of
+    the step, with ``log p_Y`` differences from the trapezoid rule on the score.
+    It is exact when ``p_Y`` is locally Gaussian and is what warmup adapts the step
+    size to; the walk itself is never rejected.
+    """
+    y0, v0, g0 = state
+    h = step_size
+    if underdamped:
+        s = core.baoab_step(rng_key, core.UnderdampedState(y0, v0, g0), score_fn, h, friction)
+        # kinetic energy change of the deterministic halves (B A) and (A B); O is exact
+        v_a = v0 + 0.5 * h * g0  # after the first B
+        v_b = s.velocity - 0.5 * h * s.score  # before the last B
+        dk = 0.5 * (jnp.sum(v_a**2) - jnp.sum(v0**2) + jnp.sum(s.velocity**2) - jnp.sum(v_b**2))
+        log_ratio = _trapezoid_dlogp(y0, g0, s.position, s.score) - dk
+        new = WalkState(s.position, s.velocity, s.score)
+    else:
+        s = core.ula_step(rng_key, core.LangevinState(y0, g0), score_fn, h)
+        y1, g1 = s
+
+        def log_q(a, b, gb):
+            return -jnp.sum((a - b - h * gb) ** 2) / (4 * h)
+
+        log_ratio = _trapezoid_dlogp(y0, g0, y1, g1) + log_q(y0, y1, g1) - log_q(y1, y0, g0)
+        new = WalkState(y1, v0, g1)
+    accept = jnp.minimum(1.0, jnp.exp(jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)))
+    return new, accept
+
+
+def sequential_jump(
+    rng_key: Array,
+    y1: Array,
+    denoiser: Callable[[Array, float], Array],
+    sigma: float,
+    num_measurements: int,
+    num_inner_steps: int,
+    step_size,
+    friction,
+) -> Array:
+    """``E[X | y_1..y_M]`` with ``y_2..y_M`` drawn one after another from their conditionals.
+
+    ``y_m | y_1..y_{m-1}`` has score ``(E[X | ybar_m] - y_m) / sigma^2`` where
+    ``ybar_m`` is the mean of ``y_1..y_m`` and ``E[X | ybar_m]`` is at noise
+    ``sigma / sqrt(m)``. Each ``y_m`` starts at ``E[X | y_1..y_{m-1}] + sigma eps``
+    and takes ``num_inner_steps`` BAOAB steps.
+    """
+    xhat = denoiser(y1, sigma)
+    total = y1
+    for m in range(2, num_measurements + 1):
+        s_m = sigma / math.sqrt(m)
+        rng_key, key_init, key_v, key_walk = random.split(rng_key, 4)
+        prev_total = total
+
+        def score(y, prev_total=prev_total, m=m, s_m=s_m):
+            return (denoiser((prev_total + y) / m, s_m) - y) / sigma**2
+
+        y = xhat + sigma * random.normal(key_init, jnp.shape(y1), jnp.result_type(y1))
+        st = core.underdamped_init(y, score, key_v)
+
+        def body(st, key, score=score):
+            return core.baoab_step(key, st, score, step_size, friction), None
+
+        st, _ = jax.lax.scan(body, st, random.split(key_walk, num_inner_steps))
+        total = prev_total + st.position
+        xhat = st.position + sigma**2 * st.score  # = E[X | ybar_m] at the final y_m
+    return xhat
+
+
+# --------------------------------------------------------------------------- kernel
+WalkJumpState = namedtuple(
+    "WalkJumpState",
+    ["i", "x", "y", "velocity", "accept_prob", "mean_accept_prob", "diverging", "adapt_state", "rng_key", "score"],
+)
+"""State of :class:`WalkJump`.
+
+- **i**: iteration.
+- **x**: the jump ``E[X | y]`` (the sample field).
+- **y**: the walk (noisy measurements; ``(M, *event)`` in joint mode).
+- **velocity**: momentum of the underdamped walk.
+- **accept_prob**: estimated Metropolis acceptance of the last walk steps (see
+  :func:`walk_step`); drives step-size adaptation, never rejects.
+- **mean_accept_prob**: its running mean.
+- **diverging**: the last walk step produced non-finite values and was discarded.
+- **adapt_state**: ``HMCAdaptState``; ``adapt_state.step_size`` is the walk step size.
+- **rng_key**: random key.
+- **score**: ``grad log p_Y(y)``.
+"""
+
+
+#: Largest walk step, in units of sigma (underdamped) or sigma^2 (overdamped): the
+#: stiffest direction of p_Y has curvature at most 1 / sigma^2, and BAOAB and ULA are
+#: unstable from 2 of those units on.
+_MAX_STEP = 1.5
+
+
+def _positive(name, value):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a positive number, got {value!r}.") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
+    return v
+
+
+class WalkJump(MCMCKernel):
+    r"""Walk-jump sampling as a NumPyro kernel.
+
+    WALK: underdamped (default, BAOAB) or overdamped Langevin on
+    ``p_Y = p_X * N(0, sigma^2 I)`` with score ``(xhat(y) - y) / sigma^2``; JUMP:
+    ``x = xhat(y)`` every ``jump_every`` walk steps. Each MCMC draw is one jump;
+    the walk ``y`` is available through ``extra_fields=("y",)``.
+
+    Large ``sigma`` mixes fast across modes but the jumps are blurred posterior
+    means; small ``sigma`` gives sharp jumps but slow mixing. ``num_measurements=M``
+    moves this trade-off: the walk keeps the smoothing of ``sigma`` while the jumps
+    have the quality of ``sigma / sqrt(M)`` (``mode="sequential"``), or the whole
+    chain works at ``sigma / sqrt(M)`` with ``M``-fold walk noise
+    (``mode="joint"``).
+
+    **Step size.** The Hessian of ``log p_Y`` is ``(Cov[X|y] - sigma^2 I) / sigma^4
+    >= -I / sigma^2``, so the stiffest direction of ``p_Y`` has frequency at most
+    ``1 / sigma``: the walk step scales with ``sigma`` (``sigma^2`` for the overdamped
+    walk). The default initial step is ``0.5 * sigma`` (the choice of the public
+    walk-jump code bases) and the step never exceeds ``1.5 * sigma``. During warmup it
+    is tuned by dual averaging (``numpyro.infer.hmc_util``) so that the *estimated*
+    Metropolis acceptance of a walk step, with ``log p_Y`` differences from the
+    trapezoid rule on the score (exact for locally Gaussian ``p_Y``), equals
+    ``target_accept_prob``: a bound on the discretisation error, not a rejection.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``y -> E[X | y]`` at noise ``sigma`` (single point of the event shape), or,
+        with ``noise_conditional=True``, ``(y, s) -> E[X | y]`` at noise ``s``.
+        Required for ``num_measurements > 1``.
+    sigma : float
+        Noise level of the walk, ``> 0``.
+    step_size : float, optional
+        Initial walk step; default ``0.5 * sigma`` (underdamped) or ``0.5 * sigma**2``
+        (overdamped), never more than 1.5 of those units (the stability bound is 2).
+    friction : float
+        Friction of the underdamped walk (per unit time), default 1.
+    underdamped : bool
+        BAOAB walk (default) or overdamped (ULA) walk.
+    jump_every : int
+        Walk steps per draw.
+    num_measurements : int
+        ``M >= 1``.
+    mode : {"joint", "sequential"}
+        How ``M > 1`` measurements are used.
+    num_inner_steps : int
+        Langevin steps per conditional measurement in sequential mode.
+    noise_conditional : bool
+        Whether ``denoiser`` takes the noise level as second argument.
+    adapt_step_size : bool
+        Tune the walk step during warmup.
+    target_accept_prob : float
+        Target of the estimated acceptance (default 0.9).
+    init_noisy : bool
+        If True, ``init_params`` are walk positions ``y0``; otherwise they are clean
+        points ``x0`` and the walk starts at ``y0 = x0 + sigma * eps``.
+
+    Example
+    -------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro.infer import MCMC
+    >>> from numpyro_wjs import WalkJump
+    >>> from numpyro_wjs.targets import GaussianMixture
+    >>> gm = GaussianMixture([0.5, 0.5], [[-3.0], [3.0]], [0.5, 0.5])
+    >>> mcmc = MCMC(WalkJump(gm.denoiser(1.0), sigma=1.0), num_warmup=200,
+    ...             num_samples=1000, progress_bar=False)
+    >>> mcmc.run(jax.random.key(0), init_params=jnp.zeros(1), extra_fields=("y",))
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        sigma: float,
+        *,
+        step_size: float | None = None,
+        friction: float = 1.0,
+        underdamped: bool = True,
+        jump_every: int = 1,
+        num_measurements: int = 1,
+        mode: str = "joint",
+        num_inner_steps: int = 20,
+        noise_conditional: bool = False,
+        adapt_step_size: bool = True,
+        target_accept_prob: float = 0.9,
+        init_noisy: bool = False,
+    ):
+        if not callable(denoiser):
+            raise TypeError(f"WalkJump: `denoiser` must be callable, got {type(denoiser).__name__}.")
+        self._sigma = _positive("sigma", sigma)
+        # time scale of the stiffest direction of p_Y: sigma (underdamped), sigma^2 (overdamped)
+        scale = self._sigma if underdamped else self._sigma**2
+        self._max_step_size = _MAX_STEP * scale
+        self._step_size = 0.5 * scale if step_size is None else _positive("step_size", step_size)
+        if self._step_size > self._max_step_size:
+            raise ValueError(
+                f"`step_size`={step_size} exceeds the stability bound {self._max_step_size:.3g} of the walk "
+                f"({_MAX_STEP} x {'sigma' if underdamped else 'sigma^2'}); use a smaller step."
+            )
+        self._friction = _positive("friction", friction)
+        for name, v in (("jump_every", jump_every), ("num_measurements", num_measurements), ("num_inner_steps", num_inner_steps)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}.")
+        if mode not in ("joint", "sequential"):
+            raise ValueError(f"`mode` must be 'joint' or 'sequential', got {mode!r}.")
+        if num_measurements > 1 and not noise_conditional:
+            raise ValueError(
+                f"num_measurements={num_measurements} needs the denoiser at noise sigma/sqrt(m): "
+                "pass a noise-conditional denoiser `(y, s) -> E[X|y]` with noise_conditional=True "
+                "(e.g. GaussianMixture.conditional_denoiser() or a noise-conditional network)."
+            )
+        if not 0 < target_accept_prob < 1:
+            raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob}.")
+        self._denoiser = denoiser
+        self._noise_conditional = noise_conditional
+        self._underdamped = underdamped
+        self._jump_every = jump_every
+        self._M = num_measurements
+        self._mode = mode
+        self._num_inner_steps = num_inner_steps
+        self._adapt_step_size = adapt_step_size
+        self._target_accept_prob = target_accept_prob
+        self._init_noisy = init_noisy
+        self._sample_fn = None
+
+    # -- MCMCKernel interface ---------------------------------------------------------
+    @property
+    def model(self):
+        return None
+
+    @property
+    def sample_field(self):
+        return "x"
+
+    @property
+    def default_fields(self):
+        return ("x", "diverging")
+
+    def get_diagnostics_str(self, state):
+        return (
+            f"step size {float(state.adapt_state.step_size):.2e}. "
+            f"est. acc. prob={float(state.mean_accept_prob):.2f}"
+        )
+
+    def postprocess_fn(self, args, kwargs):
+        return identity
+
+    @property
+    def _joint(self):
+        return self._M > 1 and self._mode == "joint"
+
+    def _denoise(self, y, s):
+        return self._denoiser(y, s) if self._noise_conditional else self._denoiser(y)
+
+    def _walk_score(self):
+        if self._joint:
+            return joint_score(self._denoiser, self._sigma, self._M)
+        return smoothed_score(lambda y: self._denoise(y, self._sigma), self._sigma)
+
+    def _check_denoiser(self, x):
+        try:
+            out = jax.eval_shape(lambda y: self._denoise(y, self._sigma), x)
+        except Exception as e:  # noqa: BLE001 - re-raised with context
+            raise ValueError(f"WalkJump: calling the denoiser on a point of shape {x.shape} failed: {e}") from e
+        if out.shape != x.shape:
+            raise ValueError(
+                f"WalkJump: the denoiser must return E[X|y] with the shape of y; got {out.shape} for "
+                f"input {x.shape}. It is called on one unbatched point (vmap handles chains)."
+            )
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        if init_params is None:
+            raise ValueError("WalkJump: pass `init_params` (a clean point x0, or y0 with init_noisy=True).")
+        self._num_warmup = num_warmup
+        batched = not is_prng_key(rng_key)
+        init_params = jnp.asarray(init_params)
+        if not jnp.issubdtype(init_params.dtype, jnp.floating):
+            init_params = init_params.astype(jnp.result_type(float))
+        x_example = init_params[0] if batched else init_params
+        self._check_denoiser(x_example)
+        wa_init, self._wa_update = warmup_adapter(
+            num_warmup,
+            adapt_step_size=self._adapt_step_size,
+            adapt_mass_matrix=False,
+            target_accept_prob=self._target_accept_prob,
+        )
+        score_fn = self._walk_score()
+
+        def init_one(x0, key):
+            key, key_noise, key_v, key_wa = random.split(key, 4)
+            shape = ((self._M,) if self._joint else ()) + x0.shape
+            noise = 0.0 if self._init_noisy else self._sigma * random.normal(key_noise, shape, x0.dtype)
+            y0 = jnp.broadcast_to(x0, shape) + noise
+            st = core.underdamped_init(y0, score_fn, key_v if self._underdamped else None)
+            x = self._jump_from(st.position, st.score)
+            wa = wa_init((jnp.zeros(1, x0.dtype),), key_wa, self._step_size, mass_matrix_size=1)
+            wa = self._clip(wa._replace(rng_key=None))
+            zero = jnp.zeros((), x0.dtype)
+            return WalkJumpState(jnp.array(0), x, st.position, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
+
+        if batched:
+            state = vmap(init_one)(init_params, rng_key)
+            self._sample_fn = vmap(self._sample_one, in_axes=(0, None, None))
+        else:
+            state = init_one(init_params, rng_key)
+            self._sample_fn = self._sample_one
+        try:
+            finite = bool(jnp.all(jnp.isfinite(state.score)))
+        except jax.errors.ConcretizationTypeError:
+            finite = True
+        if not finite:
+            raise ValueError(
+                "WalkJump: the denoiser returned non-finite values at the initial point; "
+                "check the denoiser (and its input scaling) and `init_params`."
+            )
+        return state
+
+    def sample(self, state, model_args, model_kwargs):
+        return self._sample_fn(state, model_args, model_kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_wa_update"] = None
+        state["_sample_fn"] = None
+        return state
+
+    # -- one draw ------------------------------------------------------------------------
+    def _jump_from(self, y, score, rng_key=None):
+        """Tweedie jump ``y + sigma^2 score`` (free), or the sequential M-measurement jump."""
+        if self._joint:
+            return y[0] + self._sigma**2 * score[0]
+        if self._M == 1 or rng_key is None:
+            return y + self._sigma**2 * score
+        return sequential_jump(
+            rng_key, y, self._denoiser, self._sigma, self._M, self._num_inner_steps,
+            0.5 * self._sigma / math.sqrt(self._M), self._friction,
+        )
+
+    def _clip(self, adapt_state):
+        return adapt_state._replace(step_size=jnp.minimum(adapt_state.step_size, self._max_step_size))
+
+    def _sample_one(self, state, model_args, model_kwargs):
+        score_fn = self._walk_score()
+        step_size = state.adapt_state.step_size
+        rng_key, key_walk, key_jump = random.split(state.rng_key, 3)
+
+        def body(carry, key):
+            st, _ = carry
+            new, accept = walk_step(key, st, score_fn, step_size, self._friction, self._underdamped)
+            ok = core.all_finite(*new)
+            new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, st)
+            return (new, ~ok), jnp.where(ok, accept, 0.0)
+
+        st = WalkState(state.y, state.velocity, state.score)
+        (st, diverging), accepts = jax.lax.scan(body, (st, jnp.array(False)), random.split(key_walk, self._jump_every))
+        accept_prob = jnp.mean(accepts)
+        x = self._jump_from(st.y, st.score, key_jump)
+        ok = jnp.all(jnp.isfinite(x))
+        x = jnp.where(ok, x, state.x)
+        i = state.i
+        adapt_state = jax.lax.cond(
+            i < self._num_warmup,
+            lambda s: self._clip(self._wa_update(i, accept_prob, (jnp.zeros(1, x.dtype),), s)),
+            lambda s: s,
+            state.adapt_state,
+        )
+        n = jnp.where(i < self._num_warmup, i + 1, i + 1 - self._num_warmup)
+        mean_accept_prob = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / n
+        return WalkJumpState(
+            i + 1, x, st.y, st.velocity, accept_prob, mean_accept_prob, diverging | ~ok,
+            adapt_state, rng_key, st.score,
+        )

@@ -1,0 +1,224 @@
+"""Walk-jump sampling against exact answers on Gaussian mixtures (theory.md sections 3-6)."""
+
+import math
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.infer import MCMC
+
+from mc import N_SE, mcse
+from numpyro_wjs import WalkJump, walkjump
+from numpyro_wjs.targets import GaussianMixture
+
+GM1 = GaussianMixture([0.3, 0.7], [[-2.0], [2.0]], [0.5, 0.5])
+GM2 = GaussianMixture([0.2, 0.3, 0.5], [[-3.0, 0.0], [0.0, 3.0], [3.0, 0.0]], [0.6, 0.6, 0.6])
+
+
+def conditional(gm):
+    return lambda y, s: gm.denoiser(s)(y)
+
+
+def _run(kernel, x0, num_chains=8, num_warmup=300, num_samples=4000, seed=0):
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(seed), init_params=jnp.broadcast_to(x0, (num_chains,) + x0.shape),
+             extra_fields=("y", "accept_prob", "adapt_state.step_size"))
+    return mcmc
+
+
+def _assert_same_mean(chain_stat, direct_stat, what):
+    """Chain draws (chain, draw) against i.i.d. draws of the exact law: 5 combined SEs."""
+    chain_stat = np.asarray(chain_stat, np.float64)
+    direct_stat = np.asarray(direct_stat, np.float64)
+    se = math.hypot(mcse(chain_stat), direct_stat.std() / math.sqrt(direct_stat.size))
+    diff = chain_stat.mean() - direct_stat.mean()
+    assert abs(diff) <= N_SE * se, f"{what}: chain {chain_stat.mean():.4f} vs exact {direct_stat.mean():.4f} (5 SE = {N_SE * se:.4f})"
+
+
+def _direct(gm, sigma, n=400_000, seed=123):
+    """Exact draws of Y = X + sigma N and of the jump E[X | Y]."""
+    kx, kn = jax.random.split(jax.random.key(seed))
+    x = gm.sample(kx, (n,))
+    y = x + sigma * jax.random.normal(kn, x.shape)
+    return np.asarray(y), np.asarray(gm.denoiser(sigma)(y))
+
+
+def _statistics(v, gm):
+    """Moments and mode indicators: the statistics compared between chain and exact law."""
+    v = np.asarray(v)
+    stats = {f"mean[{i}]": v[..., i] for i in range(v.shape[-1])}
+    stats.update({f"second[{i}]": v[..., i] ** 2 for i in range(v.shape[-1])})
+    modes = np.asarray(gm.mode_of(jnp.asarray(v)))
+    stats.update({f"mode{k}": (modes == k).astype(float) for k in range(gm.K)})
+    return stats
+
+
+@pytest.mark.parametrize("underdamped", [True, False])
+def test_walk_matches_p_y_and_jumps_match_the_law_of_the_posterior_mean(underdamped):
+    sigma = 1.0
+    # a step well inside the stability bound keeps the unadjusted walk's bias below MC error
+    step = 0.3 * (sigma if underdamped else sigma**2)
+    kernel = WalkJump(GM1.denoiser(sigma), sigma, step_size=step, underdamped=underdamped, adapt_step_size=False)
+    mcmc = _run(kernel, jnp.zeros(1), num_samples=6000)
+    ys = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    y_direct, x_direct = _direct(GM1, sigma)
+    for name, (chain_stat, direct_stat) in _paired(_statistics(ys, GM1), _statistics(y_direct, GM1)):
+        _assert_same_mean(chain_stat, direct_stat, "walk " + name)
+    for name, (chain_stat, direct_stat) in _paired(_statistics(xs, GM1), _statistics(x_direct, GM1)):
+        _assert_same_mean(chain_stat, direct_stat, "jump " + name)
+    # the jump is the Tweedie posterior mean of the walk
+    np.testing.assert_allclose(xs, np.asarray(GM1.denoiser(sigma)(jnp.asarray(ys))), rtol=1e-5, atol=1e-5)
+
+
+def _paired(a, b):
+    return [(k, (a[k], b[k])) for k in a]
+
+
+def test_2d_mixture_mode_occupancy_matches_the_weights_with_adaptation():
+    sigma = 1.5
+    mcmc = _run(WalkJump(GM2.denoiser(sigma), sigma), jnp.zeros(2), num_warmup=500, num_samples=5000)
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    modes = np.asarray(GM2.mode_of(jnp.asarray(xs)))
+    _, x_direct = _direct(GM2, sigma)
+    direct_modes = np.asarray(GM2.mode_of(jnp.asarray(x_direct)))
+    for k in range(GM2.K):
+        _assert_same_mean((modes == k).astype(float), (direct_modes == k).astype(float), f"occupancy of mode {k}")
+        # and the exact law puts the jumps' mass on the weights (modes are separated)
+        assert abs((direct_modes == k).mean() - float(GM2.weights[k])) < 0.02
+    # every chain visits every mode: the walk mixes
+    assert all(len(np.unique(m)) == GM2.K for m in modes)
+    # warmup tuned the estimated acceptance and kept the step below the stability bound
+    acc = float(np.mean(mcmc.get_extra_fields()["accept_prob"]))
+    assert abs(acc - 0.9) < 0.05
+    assert float(mcmc.get_extra_fields()["adapt_state.step_size"][-1]) <= 1.5 * sigma + 1e-6
+
+
+@pytest.mark.parametrize("mode", ["joint", "sequential"])
+def test_many_measurement_jumps_match_the_posterior_mean_at_sigma_over_sqrt_m(mode):
+    sigma, m = 1.5, 4
+    kernel = WalkJump(conditional(GM2), sigma, num_measurements=m, noise_conditional=True, mode=mode,
+                      num_inner_steps=40, step_size=0.4 * sigma, adapt_step_size=False)
+    mcmc = _run(kernel, jnp.zeros(2), num_samples=3000)
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    _, x_direct = _direct(GM2, sigma / math.sqrt(m))
+    for name, (chain_stat, direct_stat) in _paired(_statistics(xs, GM2), _statistics(x_direct, GM2)):
+        _assert_same_mean(chain_stat, direct_stat, f"{mode} jump " + name)
+    y = mcmc.get_extra_fields()["y"]
+    assert y.shape == ((8 * 3000, m, 2) if mode == "joint" else (8 * 3000, 2))
+
+
+def test_sequential_jumps_are_sharper_than_single_measurement_jumps():
+    sigma = 1.5
+    single = _run(WalkJump(GM2.denoiser(sigma), sigma), jnp.zeros(2), num_samples=1000)
+    seq = _run(WalkJump(conditional(GM2), sigma, num_measurements=8, noise_conditional=True, mode="sequential"),
+               jnp.zeros(2), num_samples=1000)
+    ref = np.asarray(GM2.sample(jax.random.key(9), (2000,)))
+
+    def energy_distance(mcmc):  # to p_X; zero iff the laws agree
+        x = np.asarray(mcmc.get_samples())[::4]
+        d = lambda a, b: np.mean(np.linalg.norm(a[:, None] - b[None], axis=-1))
+        return 2 * d(x, ref) - d(x, x) - d(ref, ref)
+
+    # exact laws (direct simulation): the M = 8 jumps are closer to p_X than the M = 1 jumps
+    e1, e8 = energy_distance(single), energy_distance(seq)
+    assert e8 < 0.5 * e1, (e1, e8)
+
+
+def test_jump_every_and_image_shaped_states():
+    # N(0, I) prior on 6x6x1 "images": E[X|y] = y / (1 + sigma^2), p_Y = N(0, (1 + sigma^2) I)
+    sigma = 0.8
+    denoiser = lambda y: y / (1 + sigma**2)
+    kernel = WalkJump(denoiser, sigma, jump_every=3)
+    mcmc = _run(kernel, jnp.zeros((6, 6, 1)), num_chains=4, num_samples=2000)
+    ys = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    assert xs.shape == (4, 2000, 6, 6, 1) and ys.shape == (4, 2000, 6, 6, 1)
+    # pooled over pixels (independent, identically distributed): E[y^2] = 1 + sigma^2
+    pix = np.moveaxis(ys, (2, 3, 4), (0, 1, 2)).reshape(36 * 4, 2000) ** 2
+    assert abs(pix.mean() - (1 + sigma**2)) < N_SE * mcse(pix) * 1.5 + 0.03
+
+
+def test_init_noisy_and_single_chain_and_arviz():
+    kernel = WalkJump(GM1.denoiser(1.0), 1.0, init_noisy=True)
+    mcmc = MCMC(kernel, num_warmup=50, num_samples=100, progress_bar=False)
+    mcmc.run(jax.random.key(0), init_params=jnp.array([5.0]), extra_fields=("y", "accept_prob"))
+    assert mcmc.get_samples().shape == (100, 1)
+    dt = az.from_numpyro(mcmc)
+    assert "y" in dt["sample_stats"] and "acceptance_rate" in dt["sample_stats"]
+    assert "diverging" in dt["sample_stats"]
+
+
+def test_functional_core_in_a_scan():
+    sigma = 1.0
+    score = walkjump.smoothed_score(GM1.denoiser(sigma), sigma)
+    from numpyro_wjs import langevin
+    st = langevin.underdamped_init(jnp.zeros(1), score, jax.random.key(0))
+    st = walkjump.WalkState(st.position, st.velocity, st.score)
+
+    def body(st, key):
+        st, acc = walkjump.walk_step(key, st, score, 0.5, 1.0)
+        return st, (st.y + sigma**2 * st.score, acc)
+
+    _, (jumps, acc) = jax.lax.scan(body, st, jax.random.split(jax.random.key(1), 500))
+    assert jumps.shape == (500, 1) and bool(jnp.all((acc >= 0) & (acc <= 1)))
+
+
+def test_estimated_acceptance_is_exact_for_gaussian_p_y():
+    # Gaussian p_Y: the trapezoid rule is exact, so the estimate equals the true Metropolis
+    # ratio of the BAOAB step, which we compute from the exact log density.
+    sigma, s2 = 1.0, 2.0  # p_Y = N(0, s2)
+    score = lambda y: -y / s2
+    logp = lambda y: -0.5 * jnp.sum(y**2) / s2
+    st = walkjump.WalkState(jnp.array([0.7, -0.2]), jnp.array([0.3, 1.1]), score(jnp.array([0.7, -0.2])))
+    new, acc = walkjump.walk_step(jax.random.key(3), st, score, 0.9, 1.0)
+    h = 0.9
+    v_a = st.velocity + 0.5 * h * st.score
+    v_b = new.velocity - 0.5 * h * new.score
+    dh = -(logp(new.y) - logp(st.y)) + 0.5 * (jnp.sum(v_a**2) - jnp.sum(st.velocity**2) + jnp.sum(new.velocity**2) - jnp.sum(v_b**2))
+    np.testing.assert_allclose(float(acc), float(jnp.minimum(1.0, jnp.exp(-dh))), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- divergence
+def test_non_finite_denoiser_during_the_walk_is_flagged_not_returned():
+    sigma = 1.0
+    den = lambda y: jnp.where(jnp.abs(y) > 2.5, jnp.nan, GM1.denoiser(sigma)(y))
+    mcmc = _run(WalkJump(den, sigma, adapt_step_size=False), jnp.zeros(1), num_chains=2, num_warmup=0, num_samples=2000)
+    assert np.all(np.isfinite(np.asarray(mcmc.get_samples())))
+    assert np.all(np.isfinite(np.asarray(mcmc.get_extra_fields()["y"])))
+    assert np.asarray(mcmc.get_extra_fields()["diverging"]).sum() > 0
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan")])
+def test_sigma_must_be_positive(sigma):
+    with pytest.raises(ValueError, match="sigma"):
+        WalkJump(GM1.denoiser(1.0), sigma)
+
+
+def test_bad_options():
+    den = GM1.denoiser(1.0)
+    with pytest.raises(ValueError, match="num_measurements"):
+        WalkJump(den, 1.0, num_measurements=0)
+    with pytest.raises(ValueError, match="noise-conditional"):
+        WalkJump(den, 1.0, num_measurements=4)
+    with pytest.raises(ValueError, match="mode"):
+        WalkJump(conditional(GM1), 1.0, num_measurements=2, noise_conditional=True, mode="parallel")
+    with pytest.raises(ValueError, match="jump_every"):
+        WalkJump(den, 1.0, jump_every=0)
+    with pytest.raises(ValueError, match="stability bound"):
+        WalkJump(den, 1.0, step_size=5.0)
+    with pytest.raises(TypeError, match="callable"):
+        WalkJump("denoiser", 1.0)
+
+
+def test_denoiser_with_wrong_shape_or_non_finite_output():
+    with pytest.raises(ValueError, match="shape"):
+        _run(WalkJump(lambda y: jnp.sum(y), 1.0), jnp.zeros(3), num_chains=1)
+    with pytest.raises(ValueError, match="non-finite"):
+        _run(WalkJump(lambda y: y * jnp.nan, 1.0), jnp.zeros(3), num_chains=2)
+    with pytest.raises(ValueError, match="init_params"):
+        MCMC(WalkJump(GM1.denoiser(1.0), 1.0), num_warmup=1, num_samples=1).run(jax.random.key(0))
