@@ -2,8 +2,9 @@
 
 from . import langevin
 from .kernels import MALA, ULA, UnderdampedLangevin
+from .targets import Gaussian, GaussianMixture
 from .walkjump import WalkJump
 
 __version__ = "0.1.0"
 
-__all__ = ["langevin", "ULA", "MALA", "UnderdampedLangevin", "WalkJump", "__version__"]
+__all__ = ["langevin", "ULA", "MALA", "UnderdampedLangevin", "WalkJump", "GaussianMixture", "Gaussian", "__version__"]
