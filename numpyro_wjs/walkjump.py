@@ -31,10 +31,13 @@ import jax
 import jax.numpy as jnp
 from jax import random, vmap
 from numpyro.infer.hmc_util import warmup_adapter
+from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import identity, is_prng_key
 
 from . import langevin as core
+from .gibbs import ModelWalkJumpMixin
+from .sources import check_source
 
 Array = jax.Array
 Denoiser = Callable[..., Array]
@@ -186,6 +189,26 @@ WalkJumpState = namedtuple(
 _MAX_STEP = 1.5
 
 
+def _sigma_range(sigma):
+    """``(lo, hi)`` of the model walk-jump's noise: a float, a pair, or None (adaptive)."""
+    if sigma is None:
+        return 1.0, _DEFAULT_SIGMA_RATIO
+    if isinstance(sigma, tuple | list):
+        if len(sigma) != 2:
+            raise ValueError(f"`sigma` as a range must be (lo, hi), got {sigma!r}.")
+        lo, hi = _positive("sigma", sigma[0]), _positive("sigma", sigma[1])
+        if not lo <= hi:
+            raise ValueError(f"`sigma` range must have lo <= hi, got {sigma!r}.")
+        return lo, hi
+    s = _positive("sigma", sigma)
+    return s, s
+
+
+#: With ``sigma=None`` the model walk-jump adapts the lower end of its noise range and
+#: draws ``sigma`` log-uniformly up to this many times it.
+_DEFAULT_SIGMA_RATIO = 30.0
+
+
 def _positive(name, value):
     try:
         v = float(value)
@@ -196,7 +219,7 @@ def _positive(name, value):
     return v
 
 
-class WalkJump(MCMCKernel):
+class WalkJump(ModelWalkJumpMixin, MCMCKernel):
     r"""Walk-jump sampling as a NumPyro kernel.
 
     WALK: underdamped (default, BAOAB) or overdamped Langevin on
@@ -220,6 +243,24 @@ class WalkJump(MCMCKernel):
     Metropolis acceptance of a walk step, with ``log p_Y`` differences from the
     trapezoid rule on the score (exact for locally Gaussian ``p_Y``), equals
     ``target_accept_prob``: a bound on the discretisation error, not a rejection.
+
+    **Without a denoiser** (``model=`` or ``potential_fn=``): Gibbs sampling on
+    ``(z, y)`` from :mod:`numpyro_wjs.gibbs`: the walk ``y ~ N(z, sigma^2 I)``, the
+    jump a move that leaves ``p(z | y) ∝ p(z) N(y; z, sigma^2 I)`` invariant (a hop
+    ``z' ~ N(y, sigma^2 I)`` accepted with ``min(1, p(z')/p(z))``, then
+    ``num_mala_steps`` MALA steps). Its ``z`` draws target the exact posterior for
+    every ``sigma`` (in unconstrained space; constrained and deterministic sites come
+    back through ``postprocess_fn`` as with NUTS). ``sigma`` sets how far a hop can
+    reach: about half the distance between the modes (in unconstrained space) lets
+    the chain hop, while the hop acceptance falls like ``(mode width / sigma)^d``.
+    ``sigma`` may be a float, a range ``(lo, hi)`` (drawn log-uniformly at every
+    iteration, independently of the state, so still exact), or ``None``: warmup then
+    tunes ``lo`` by dual averaging so that hops at ``lo`` are accepted with
+    probability ``target_hop_accept_prob`` (the local scale of the posterior), and
+    sampling draws ``sigma`` in ``(lo, 30 lo)``. The MALA step size and mass matrix
+    are adapted with ``hmc_util`` as in :class:`~numpyro_wjs.MALA`. Watch
+    ``hop_accept_prob`` (extra field): near zero means ``sigma`` is too large for
+    the model's dimension.
 
     Parameters
     ----------
@@ -253,6 +294,18 @@ class WalkJump(MCMCKernel):
     init_noisy : bool
         If True, ``init_params`` are walk positions ``y0``; otherwise they are clean
         points ``x0`` and the walk starts at ``y0 = x0 + sigma * eps``.
+    model, potential_fn : optional
+        Instead of ``denoiser``: the target of the Gibbs walk-jump.
+    num_mala_steps : int
+        MALA refinement steps per jump (model mode).
+    adapt_sigma : bool, optional
+        Adapt the lower end of the noise range (default: when ``sigma`` is None).
+    target_hop_accept_prob : float
+        Hop acceptance that sigma adaptation aims at (model mode).
+    adapt_mass_matrix : bool
+        Adapt the MALA mass matrix during warmup (model mode).
+    init_strategy : callable
+        NumPyro init strategy for ``model``.
 
     Example
     -------
@@ -264,13 +317,24 @@ class WalkJump(MCMCKernel):
     >>> mcmc = MCMC(WalkJump(gm.denoiser(1.0), sigma=1.0), num_warmup=200,
     ...             num_samples=1000, progress_bar=False)
     >>> mcmc.run(jax.random.key(0), init_params=jnp.zeros(1), extra_fields=("y",))
+
+    Without training, on a NumPyro model whose posterior has two modes:
+
+    >>> import numpyro, numpyro.distributions as dist
+    >>> def model():
+    ...     theta = numpyro.sample("theta", dist.Normal(0.5, 2.0))
+    ...     numpyro.sample("obs", dist.Normal(theta**2, 1.0), obs=jnp.array([2.9, 2.1]))
+    >>> mcmc = MCMC(WalkJump(model=model), num_warmup=500, num_samples=2000, progress_bar=False)
+    >>> mcmc.run(jax.random.key(0), extra_fields=("hop_accept_prob",))
     """
 
     def __init__(
         self,
-        denoiser: Denoiser,
-        sigma: float,
+        denoiser: Denoiser | None = None,
+        sigma: float | None = None,
         *,
+        model=None,
+        potential_fn=None,
         step_size: float | None = None,
         friction: float = 1.0,
         underdamped: bool = True,
@@ -282,7 +346,34 @@ class WalkJump(MCMCKernel):
         adapt_step_size: bool = True,
         target_accept_prob: float = 0.9,
         init_noisy: bool = False,
+        num_mala_steps: int = 5,
+        adapt_sigma: bool | None = None,
+        target_hop_accept_prob: float = 0.3,
+        adapt_mass_matrix: bool = True,
+        init_strategy=init_to_uniform,
     ):
+        self._from_model = denoiser is None
+        if self._from_model:
+            check_source("WalkJump", model, potential_fn, None, needs_potential=True)
+            lo, hi = _sigma_range(sigma)
+            if not isinstance(num_mala_steps, int) or isinstance(num_mala_steps, bool) or num_mala_steps < 1:
+                raise ValueError(f"`num_mala_steps` must be an integer >= 1, got {num_mala_steps!r}.")
+            if not 0 < target_hop_accept_prob < 1:
+                raise ValueError(f"`target_hop_accept_prob` must be in (0, 1), got {target_hop_accept_prob}.")
+            self._setup_model(
+                model, potential_fn, lo, hi / lo, num_mala_steps,
+                None if step_size is None else _positive("step_size", step_size),
+                sigma is None if adapt_sigma is None else adapt_sigma, target_hop_accept_prob,
+                adapt_step_size, adapt_mass_matrix, init_strategy,
+            )
+            return
+        if model is not None or potential_fn is not None:
+            raise ValueError(
+                "WalkJump takes either a `denoiser` (walk-jump on a learned or exact score) or a "
+                "`model=`/`potential_fn=` (Gibbs walk-jump without training), not both."
+            )
+        if sigma is None:
+            raise ValueError("WalkJump: `sigma`, the noise level the denoiser was made for, is required.")
         if not callable(denoiser):
             raise TypeError(f"WalkJump: `denoiser` must be callable, got {type(denoiser).__name__}.")
         self._sigma = _positive("sigma", sigma)
@@ -324,24 +415,29 @@ class WalkJump(MCMCKernel):
     # -- MCMCKernel interface ---------------------------------------------------------
     @property
     def model(self):
-        return None
+        return self._model if self._from_model else None
 
     @property
     def sample_field(self):
-        return "x"
+        return "z" if self._from_model else "x"
 
     @property
     def default_fields(self):
-        return ("x", "diverging")
+        return (self.sample_field, "diverging")
 
     def get_diagnostics_str(self, state):
+        if self._from_model:
+            return (
+                f"sigma {float(state.sigma):.2e}. hop acc. prob={float(state.mean_hop_accept_prob):.2f}. "
+                f"mala acc. prob={float(state.mean_accept_prob):.2f}"
+            )
         return (
             f"step size {float(state.adapt_state.step_size):.2e}. "
             f"est. acc. prob={float(state.mean_accept_prob):.2f}"
         )
 
     def postprocess_fn(self, args, kwargs):
-        return identity
+        return self._postprocess_model(args, kwargs) if self._from_model else identity
 
     @property
     def _joint(self):
@@ -367,6 +463,8 @@ class WalkJump(MCMCKernel):
             )
 
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        if self._from_model:
+            return self._init_model(rng_key, num_warmup, init_params, model_args, model_kwargs)
         if init_params is None:
             raise ValueError("WalkJump: pass `init_params` (a clean point x0, or y0 with init_noisy=True).")
         self._num_warmup = num_warmup
