@@ -1,0 +1,398 @@
+"""Tests for numpyro_wjs.train: learning against the Bayes risk, determinism, resume,
+checkpoints, data parallelism and input validation.
+
+Oracle for learning: on a Gaussian mixture the exact posterior mean E[X | y] is known
+in closed form (numpyro_wjs.targets.GaussianMixture.denoiser), so the Bayes risk
+E||X - E[X|Y]||^2 is the floor for any denoiser. The learned and the Bayes denoiser are
+scored on the *same* held-out pairs (x, eps); the paired differences
+d_i = err_net_i - err_bayes_i have standard error se = std(d) / sqrt(n), and every
+comparison allows 5 se (a false failure has probability below 1e-6 under normality).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from numpyro_wjs.denoisers import MLP, UNet
+from numpyro_wjs.targets import GaussianMixture
+from numpyro_wjs.train import (
+    CheckpointError,
+    checkpoint_metadata,
+    denoising_errors,
+    load_denoiser,
+    save_checkpoint,
+    train_denoiser,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+Z = 5.0  # tolerance in standard errors
+
+# A 4-mode ring in 2-D: modes at radius 2, std 0.5; per-coordinate data std
+# sqrt(0.5^2 + 2^2 / 2) = 1.5. At sigma = 1 the posterior over modes is uncertain, so
+# the Bayes denoiser is far from linear.
+MIXTURE = GaussianMixture.ring(4, 2.0, 0.5)
+SIGMA = 1.0
+SIGMA_DATA = 1.5
+
+
+def mixture_data(seed, n):
+    return np.asarray(MIXTURE.sample(jax.random.key(seed), (n,)), np.float32)
+
+
+def tiny_mlp(seed=0):
+    return MLP(2, (16, 16), sigma_data=SIGMA_DATA, rngs=nnx.Rngs(seed))
+
+
+apply = nnx.jit(lambda model, y: model(y))
+
+
+def numpy_init(cls, *args, **kwargs):
+    """A network with N(0, 0.1^2) weights, built without compiling initialisers."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(*args, **kwargs, rngs=nnx.Rngs(0))))
+    leaves, treedef = jax.tree.flatten(state)
+    rng = np.random.default_rng(0)
+    values = [jnp.asarray(0.1 * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, values))
+
+
+def params(model):
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def assert_same_params(a, b, rtol=0.0, atol=0.0):
+    for x, y in zip(params(a), params(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------
+# Learning
+
+
+def test_mlp_reaches_bayes_risk_on_mixture():
+    train = mixture_data(1, 50_000)
+    held_out = mixture_data(2, 20_000)
+    net = MLP(2, (64, 64), sigma_data=SIGMA_DATA, rngs=nnx.Rngs(0))
+    result = train_denoiser(
+        net, train, SIGMA, steps=600, batch_size=256, learning_rate=3e-3,
+        eval_data=held_out[:2000], eval_every=300, progress_bar=False,
+    )
+    key = jax.random.key(3)
+    err_net = denoising_errors(result.ema_model, held_out, SIGMA, key=key)
+    eps = np.asarray(jax.random.normal(key, held_out.shape))
+    y = held_out + SIGMA * eps
+    err_bayes = np.sum((held_out - np.asarray(MIXTURE.denoiser(SIGMA)(y))) ** 2, axis=-1)
+    # The best linear (Wiener) denoiser, c y with c = v / (v + sigma^2): the check below
+    # must reject it, otherwise it would not test that the network learned the modes.
+    v = SIGMA_DATA**2
+    err_linear = np.sum((held_out - v / (v + SIGMA**2) * y) ** 2, axis=-1)
+
+    def excess(err):
+        d = err - err_bayes
+        return d.mean(), d.std(ddof=1) / np.sqrt(d.size)
+
+    bayes = err_bayes.mean()
+    gap, se = excess(err_net)
+    assert gap >= -Z * se, f"learned MSE below the Bayes risk: {gap:.4g} +- {se:.2g}"
+    assert gap <= 0.10 * bayes + Z * se, (
+        f"learned MSE {err_net.mean():.4f} vs Bayes risk {bayes:.4f} (ratio "
+        f"{err_net.mean() / bayes:.4f}); allowed 10% + {Z} se = {0.10 * bayes + Z * se:.4f}"
+    )
+    linear_gap, linear_se = excess(err_linear)
+    assert linear_gap > 0.10 * bayes + Z * linear_se
+
+    assert result.loss_history.shape == (600,)
+    np.testing.assert_array_equal(result.eval_steps, [300, 600])
+    assert result.eval_mse.shape == (2, 1) and np.all(np.isfinite(result.eval_mse))
+
+
+# ---------------------------------------------------------------------------
+# Determinism, resume, checkpoints (all runs share one configuration, so the
+# training step is compiled once)
+
+N = 20
+RUN = dict(steps=2 * N, batch_size=32, eval_every=N, progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return mixture_data(4, 512), mixture_data(5, 128)
+
+
+@pytest.fixture(scope="module")
+def straight(data):
+    """2N steps without interruption and without checkpoints."""
+    x, x_eval = data
+    return train_denoiser(tiny_mlp(), x, SIGMA, eval_data=x_eval, **RUN)
+
+
+@pytest.fixture(scope="module")
+def checkpointed(data, tmp_path_factory):
+    """The same run with checkpoints at N and 2N."""
+    x, x_eval = data
+    directory = tmp_path_factory.mktemp("ckpt") / "run"
+    result = train_denoiser(
+        tiny_mlp(), x, SIGMA, eval_data=x_eval, checkpoint_dir=directory,
+        checkpoint_every=N, normalisation={"scale": "identity"}, **RUN,
+    )
+    return result, directory
+
+
+def assert_same_run(a, b, rtol=0.0, atol=0.0):
+    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=rtol, atol=atol)
+    np.testing.assert_array_equal(a.eval_steps, b.eval_steps)
+    np.testing.assert_allclose(a.eval_mse, b.eval_mse, rtol=rtol, atol=atol)
+    assert_same_params(a.model, b.model, rtol, atol)
+    assert_same_params(a.ema_model, b.ema_model, rtol, atol)
+
+
+def test_same_seed_same_run(straight, checkpointed, data):
+    assert straight.loss_history.shape == (2 * N,)
+    assert np.all(np.isfinite(straight.loss_history))
+    assert_same_run(straight, checkpointed[0])
+    x, x_eval = data
+    other = train_denoiser(tiny_mlp(), x, SIGMA, eval_data=x_eval, seed=1, **RUN)
+    assert not np.allclose(other.loss_history, straight.loss_history)
+
+
+def test_resume_equals_uninterrupted(straight, checkpointed, data, tmp_path):
+    _, directory = checkpointed
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(directory, resumed_dir)
+    shutil.rmtree(resumed_dir / f"step_{2 * N:08d}")  # interrupted after step N
+    x, x_eval = data
+    # A different initialisation: everything must come from the checkpoint.
+    resumed = train_denoiser(
+        tiny_mlp(seed=123), x, SIGMA, eval_data=x_eval, checkpoint_dir=resumed_dir,
+        checkpoint_every=N, normalisation={"scale": "identity"}, **RUN,
+    )
+    assert_same_run(straight, resumed, rtol=1e-6, atol=1e-7)
+    # A finished run is returned from its checkpoint without training.
+    again = train_denoiser(
+        tiny_mlp(seed=7), x, SIGMA, eval_data=x_eval, checkpoint_dir=resumed_dir,
+        checkpoint_every=N, normalisation={"scale": "identity"}, **RUN,
+    )
+    assert_same_run(resumed, again)
+
+
+def test_resume_with_other_settings_raises(checkpointed, data):
+    _, directory = checkpointed
+    x, x_eval = data
+    with pytest.raises(CheckpointError, match="batch_size"):
+        train_denoiser(
+            tiny_mlp(), x, SIGMA, checkpoint_dir=directory,
+            **{**RUN, "batch_size": 16},
+        )
+
+
+def test_checkpoint_round_trip_and_metadata(checkpointed):
+    result, directory = checkpointed
+    loaded = load_denoiser(directory)  # the latest checkpoint of a training run
+    y = jnp.asarray(np.random.default_rng(0).normal(size=(7, 2)), jnp.float32)
+    np.testing.assert_array_equal(apply(loaded, y), apply(result.ema_model, y))
+    np.testing.assert_array_equal(apply(loaded, y[0]), apply(result.ema_model, y[0]))
+    assert isinstance(loaded, MLP) and loaded.sigma == SIGMA
+    meta = checkpoint_metadata(directory)
+    assert meta["architecture"] == "MLP"
+    assert meta["config"] == result.ema_model.config
+    assert meta["sigma"] == SIGMA and meta["data_shape"] == [2]
+    assert meta["step"] == 2 * N and meta["normalisation"] == {"scale": "identity"}
+    assert meta["library_version"] and meta["train"]["batch_size"] == 32
+    assert sorted(p.name for p in directory.iterdir()) == [f"step_{N:08d}", f"step_{2 * N:08d}"]
+
+
+def test_unet_noise_conditional_train_save_load(tmp_path):
+    images = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    # One resolution level keeps the compile short; test_denoisers covers deeper U-Nets.
+    net = numpy_init(UNet, 1, (4,), 2, noise_conditional=True, embed_dim=8)
+    result = train_denoiser(
+        net, images, (0.1, 1.0), steps=2, batch_size=4, eval_data=images[:4],
+        eval_every=2, progress_bar=False,
+    )
+    assert result.eval_mse.shape == (1, 3) and np.all(np.isfinite(result.eval_mse))
+    np.testing.assert_allclose(result.eval_sigmas, [0.1, np.sqrt(0.1), 1.0], rtol=1e-6)
+    path = save_checkpoint(
+        tmp_path / "unet", result.ema_model, step=2,
+        metadata={
+            "sigma": [0.1, 1.0],
+            "data_shape": [8, 8, 1],
+            "normalisation": {"pixel_range": [0, 1]},
+        },
+    )
+    loaded = load_denoiser(path)
+    apply_s = nnx.jit(lambda m, y, s: m(y, s))
+    s = jnp.array([0.1, 0.5, 1.0, 0.2])
+    np.testing.assert_array_equal(
+        apply_s(loaded, images[:4], s), apply_s(result.ema_model, images[:4], s)
+    )
+    assert checkpoint_metadata(path)["sigma"] == [0.1, 1.0]
+    with pytest.raises(FileExistsError):
+        save_checkpoint(path, result.ema_model)
+
+
+# ---------------------------------------------------------------------------
+# Damaged checkpoints
+
+
+@pytest.fixture
+def ckpt(checkpointed, tmp_path):
+    """A private copy of the step-N checkpoint."""
+    _, directory = checkpointed
+    path = tmp_path / "ckpt"
+    shutil.copytree(directory / f"step_{N:08d}", path)
+    return path
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_denoiser(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        load_denoiser(tmp_path / "empty")
+
+
+def test_partial_checkpoints(ckpt):
+    shutil.rmtree(ckpt / "weights")
+    with pytest.raises(CheckpointError, match="without weights"):
+        load_denoiser(ckpt)
+
+
+def test_weights_without_metadata(ckpt):
+    (ckpt / "metadata.json").unlink()
+    with pytest.raises(CheckpointError, match="without metadata.json"):
+        load_denoiser(ckpt)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: "{not json", "not valid JSON"),
+        (lambda m: json.dumps([1, 2]), "expected an object"),
+        (lambda m: json.dumps({**m, "architecture": "Transformer"}), "unknown architecture"),
+        (lambda m: json.dumps({k: v for k, v in m.items() if k != "config"}), "config"),
+        (lambda m: json.dumps({**m, "config": {**m["config"], "hidden": [32, 16]}}), "shape"),
+        (lambda m: json.dumps({**m, "config": {**m["config"], "dim": -1}}), "invalid MLP config"),
+    ],
+)
+def test_corrupt_metadata(ckpt, edit, message):
+    meta = json.loads((ckpt / "metadata.json").read_text())
+    (ckpt / "metadata.json").write_text(edit(meta))
+    with pytest.raises(CheckpointError, match=message):
+        load_denoiser(ckpt)
+
+
+def test_corrupt_weight_files(ckpt):
+    rng = np.random.default_rng(0)
+    for file in (ckpt / "weights").rglob("*"):
+        if file.is_file():
+            file.write_bytes(rng.bytes(max(file.stat().st_size, 16)))
+    with pytest.raises(CheckpointError, match="cannot restore"):
+        load_denoiser(ckpt)
+
+
+def test_resume_from_corrupt_checkpoint_raises(ckpt, data, tmp_path):
+    directory = tmp_path / "run"
+    directory.mkdir()
+    shutil.move(ckpt, directory / f"step_{N:08d}")
+    shutil.rmtree(directory / f"step_{N:08d}" / "train_state")
+    x, _ = data
+    with pytest.raises(CheckpointError, match="train_state"):
+        train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=directory, **RUN)
+
+
+# ---------------------------------------------------------------------------
+# Data parallelism
+
+_DATA_PARALLEL_SCRIPT = """
+import sys
+import jax, numpy as np
+from flax import nnx
+assert jax.local_device_count() == 2, jax.local_devices()
+from numpyro_wjs.denoisers import MLP
+from numpyro_wjs.train import train_denoiser
+d = np.load(sys.argv[1])
+net = MLP(2, (16, 16), sigma_data={sigma_data}, rngs=nnx.Rngs(0))
+r = train_denoiser(net, d["x"], {sigma}, eval_data=d["x_eval"], steps={steps},
+                   batch_size={batch_size}, eval_every={eval_every}, progress_bar=False)
+leaf = jax.tree.leaves(nnx.state(r.ema_model, nnx.Param))[0]
+assert len(leaf.sharding.device_set) == 2, leaf.sharding
+np.savez(sys.argv[2], losses=r.loss_history, eval_mse=r.eval_mse,
+         *[np.asarray(p) for p in jax.tree.leaves(nnx.state(r.ema_model, nnx.Param))])
+"""
+
+
+def test_data_parallel_matches_single_device(straight, data, tmp_path):
+    x, x_eval = data
+    np.savez(tmp_path / "data.npz", x=x, x_eval=x_eval)
+    script = _DATA_PARALLEL_SCRIPT.format(sigma_data=SIGMA_DATA, sigma=SIGMA, **RUN)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "data.npz"), str(tmp_path / "out.npz")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    # Only the order of the batch reduction differs: float32 rounding, amplified a
+    # little by 2N Adam steps.
+    np.testing.assert_allclose(out["losses"], straight.loss_history, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["eval_mse"], straight.eval_mse, rtol=1e-4)
+    for i, p in enumerate(params(straight.ema_model)):
+        np.testing.assert_allclose(out[f"arr_{i}"], p, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (dict(sigma=0.0), ValueError, "sigma"),
+        (dict(sigma=-1.0), ValueError, "sigma"),
+        (dict(sigma=float("nan")), ValueError, "sigma"),
+        (dict(sigma=(1.0, 0.5)), ValueError, "lo < hi"),
+        (dict(steps=0), ValueError, "steps"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(data=np.zeros((10, 3), np.float32)), ValueError, r"\(\.\.\., 2\)"),
+        (dict(data=np.zeros((10, 2, 1), np.float32)), ValueError, "event dimension"),
+        (dict(data=np.full((10, 2), np.nan, np.float32)), ValueError, "NaN"),
+        (dict(data=np.zeros((10, 2), np.int32)), TypeError, "floating"),
+        (dict(eval_data=np.zeros((4, 5), np.float32)), ValueError, r"\(\.\.\., 2\)"),
+        (dict(ema_decay=1.0), ValueError, "ema_decay"),
+        (dict(model="net"), TypeError, "Denoiser"),
+    ],
+)
+def test_bad_inputs(change, error, message):
+    args = dict(model=tiny_mlp(), data=np.zeros((10, 2), np.float32), sigma=0.5, steps=5)
+    args.update(change)
+    with pytest.raises(error, match=message):
+        train_denoiser(**args, progress_bar=False)
+
+
+def test_sigma_must_match_model():
+    x = np.zeros((10, 2), np.float32)
+    with pytest.raises(ValueError, match="noise-conditional"):
+        train_denoiser(MLP(2, (4,), noise_conditional=True, rngs=nnx.Rngs(0)), x, 0.5, steps=1)
+    with pytest.raises(ValueError, match="fixed-sigma"):
+        train_denoiser(tiny_mlp(), x, (0.1, 1.0), steps=1)
+    with pytest.raises(ValueError, match="built for sigma=0.3"):
+        train_denoiser(MLP(2, (4,), sigma=0.3, rngs=nnx.Rngs(0)), x, 0.5, steps=1)
+
+
+def test_divergence_raises(data):
+    x, _ = data
+    with pytest.raises(FloatingPointError, match="loss became"):
+        train_denoiser(tiny_mlp(), np.full_like(x, 1e30), SIGMA, **{**RUN, "eval_every": None})
