@@ -57,7 +57,7 @@ class GibbsInfo(NamedTuple):
 
 def noise_step(rng_key, z, sigma):
     """The walk: ``y ~ N(z, sigma^2 I)``."""
-    return z + sigma * random.normal(rng_key, jnp.shape(z), jnp.result_type(z))
+    return z + sigma * core.normal_like(rng_key, z)
 
 
 def denoise_step(rng_key, point: GibbsPoint, y, logdensity_fn, sigma, step_size, num_mala_steps, metric=None):
@@ -182,10 +182,10 @@ class ModelWalkJumpMixin:
             )
 
         if batched:
-            state = vmap(init_one)(init_params, rng_key)
+            state = jax.jit(vmap(init_one))(init_params, rng_key)
             self._sample_fn = vmap(self._sample_model, in_axes=(0, None, None))
         else:
-            state = init_one(init_params, rng_key)
+            state = jax.jit(init_one)(init_params, rng_key)
             self._sample_fn = self._sample_model
         check_finite_start("WalkJump", state.score, state.potential_energy)
         return state

@@ -186,10 +186,10 @@ class _LangevinKernel(MCMCKernel):
             return self._init_state(z, x, source, wa_state, key, key_core)
 
         if batched:
-            state = vmap(init_one)(init_params, rng_key)
+            state = jax.jit(vmap(init_one))(init_params, rng_key)
             self._sample_fn = vmap(self._sample_one, in_axes=(0, None, None))
         else:
-            state = init_one(init_params, rng_key)
+            state = jax.jit(init_one)(init_params, rng_key)
             self._sample_fn = self._sample_one
         check_finite_start(name, state.score, getattr(state, "potential_energy", 0.0))
         return state

@@ -58,6 +58,7 @@ __all__ = [
     "baoab_step",
     "MAX_LOG_ACCEPT_DROP",
     "all_finite",
+    "normal_like",
 ]
 
 #: A MALA proposal whose log acceptance ratio is below ``-MAX_LOG_ACCEPT_DROP`` (or
@@ -122,6 +123,11 @@ def _sq_norm_m(m: Metric | None, v: Array) -> Array:
     return jnp.sum(w * w)
 
 
+def normal_like(rng_key: Array, x: Array) -> Array:
+    """``N(0, I)`` noise shaped like ``x``, drawn flat (image shapes compile slowly on CPU)."""
+    return random.normal(rng_key, (jnp.size(x),), jnp.result_type(x)).reshape(jnp.shape(x))
+
+
 def all_finite(*xs: Array) -> Array:
     """True when every entry of every array is finite."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
@@ -157,7 +163,7 @@ def ula_step(
     ``s^2 / (1 - h / (2 s^2))``; it diverges for ``h >= 2 s^2``.
     """
     x, g = state
-    eps = random.normal(rng_key, jnp.shape(x), jnp.result_type(x))
+    eps = normal_like(rng_key, x)
     x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)
     return LangevinState(x_new, score_fn(x_new))
 
@@ -211,7 +217,7 @@ def mala_step(
     """
     key_prop, key_accept = random.split(rng_key)
     x, logp, g = state
-    eps = random.normal(key_prop, jnp.shape(x), jnp.result_type(x))
+    eps = normal_like(key_prop, x)
     x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)
     logp_new, g_new = jax.value_and_grad(logdensity_fn)(x_new)
     log_ratio = (
@@ -252,7 +258,7 @@ def underdamped_init(
     if rng_key is None:
         v = jnp.zeros_like(position)
     else:
-        xi = random.normal(rng_key, jnp.shape(position), jnp.result_type(position))
+        xi = normal_like(rng_key, position)
         v = _noise_m(metric, xi)
     return UnderdampedState(position, v, score_fn(position))
 
@@ -283,7 +289,7 @@ def baoab_step(
     a = jnp.exp(-friction * h)
     v = v + 0.5 * h * g
     x = x + 0.5 * h * _apply_c(metric, v)
-    xi = random.normal(rng_key, jnp.shape(v), jnp.result_type(v))
+    xi = normal_like(rng_key, v)
     v = a * v + jnp.sqrt(1.0 - a * a) * _noise_m(metric, xi)
     x = x + 0.5 * h * _apply_c(metric, v)
     g = score_fn(x)

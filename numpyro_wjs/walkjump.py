@@ -126,6 +126,7 @@ def walk_step(
 def sequential_jump(
     rng_key: Array,
     y1: Array,
+    xhat1: Array,
     denoiser: Callable[[Array, float], Array],
     sigma: float,
     num_measurements: int,
@@ -138,9 +139,10 @@ def sequential_jump(
     ``y_m | y_1..y_{m-1}`` has score ``(E[X | ybar_m] - y_m) / sigma^2`` where
     ``ybar_m`` is the mean of ``y_1..y_m`` and ``E[X | ybar_m]`` is at noise
     ``sigma / sqrt(m)``. Each ``y_m`` starts at ``E[X | y_1..y_{m-1}] + sigma eps``
-    and takes ``num_inner_steps`` BAOAB steps.
+    and takes ``num_inner_steps`` BAOAB steps. ``xhat1 = E[X | y_1]`` is known from
+    the walk's score, so the jump costs ``(M - 1) (num_inner_steps + 1)`` denoiser calls.
     """
-    xhat = denoiser(y1, sigma)
+    xhat = xhat1
     total = y1
     for m in range(2, num_measurements + 1):
         s_m = sigma / math.sqrt(m)
@@ -150,7 +152,7 @@ def sequential_jump(
         def score(y, prev_total=prev_total, m=m, s_m=s_m):
             return (denoiser((prev_total + y) / m, s_m) - y) / sigma**2
 
-        y = xhat + sigma * random.normal(key_init, jnp.shape(y1), jnp.result_type(y1))
+        y = xhat + sigma * core.normal_like(key_init, y1)
         st = core.underdamped_init(y, score, key_v)
 
         def body(st, key, score=score):
@@ -443,6 +445,16 @@ class WalkJump(ModelWalkJumpMixin, MCMCKernel):
     def _joint(self):
         return self._M > 1 and self._mode == "joint"
 
+    @property
+    def evaluations_per_draw(self) -> int:
+        """Denoiser (or gradient) evaluations per MCMC draw."""
+        if self._from_model:
+            return 1 + self._num_mala_steps
+        cost = self._jump_every
+        if self._M > 1 and self._mode == "sequential":
+            cost += (self._M - 1) * (self._num_inner_steps + 1)
+        return cost
+
     def _denoise(self, y, s):
         return self._denoiser(y, s) if self._noise_conditional else self._denoiser(y)
 
@@ -485,7 +497,7 @@ class WalkJump(ModelWalkJumpMixin, MCMCKernel):
         def init_one(x0, key):
             key, key_noise, key_v, key_wa = random.split(key, 4)
             shape = ((self._M,) if self._joint else ()) + x0.shape
-            noise = 0.0 if self._init_noisy else self._sigma * random.normal(key_noise, shape, x0.dtype)
+            noise = 0.0 if self._init_noisy else self._sigma * core.normal_like(key_noise, jnp.zeros(shape, x0.dtype))
             y0 = jnp.broadcast_to(x0, shape) + noise
             st = core.underdamped_init(y0, score_fn, key_v if self._underdamped else None)
             x = self._jump_from(st.position, st.score)
@@ -495,10 +507,10 @@ class WalkJump(ModelWalkJumpMixin, MCMCKernel):
             return WalkJumpState(jnp.array(0), x, st.position, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
 
         if batched:
-            state = vmap(init_one)(init_params, rng_key)
+            state = jax.jit(vmap(init_one))(init_params, rng_key)
             self._sample_fn = vmap(self._sample_one, in_axes=(0, None, None))
         else:
-            state = init_one(init_params, rng_key)
+            state = jax.jit(init_one)(init_params, rng_key)
             self._sample_fn = self._sample_one
         try:
             finite = bool(jnp.all(jnp.isfinite(state.score)))
@@ -525,10 +537,11 @@ class WalkJump(ModelWalkJumpMixin, MCMCKernel):
         """Tweedie jump ``y + sigma^2 score`` (free), or the sequential M-measurement jump."""
         if self._joint:
             return y[0] + self._sigma**2 * score[0]
+        xhat = y + self._sigma**2 * score
         if self._M == 1 or rng_key is None:
-            return y + self._sigma**2 * score
+            return xhat
         return sequential_jump(
-            rng_key, y, self._denoiser, self._sigma, self._M, self._num_inner_steps,
+            rng_key, y, xhat, self._denoiser, self._sigma, self._M, self._num_inner_steps,
             0.5 * self._sigma / math.sqrt(self._M), self._friction,
         )
 

@@ -1,0 +1,567 @@
+"""Command line interface: ``numpyro-wjs <command> [options]``.
+
+Commands
+--------
+``demo``
+    Compare NUTS, MALA, ULA and walk-jump sampling at an equal budget of gradient
+    (or denoiser) evaluations on a built-in two-dimensional Gaussian mixture with
+    five well separated modes of unequal weight; print the table and write
+    ``trace.png``, ``occupancy.png``, ``paths.png`` and ``summary.md`` to ``--out``.
+    Runs on a CPU in about a minute (``--quick``: NUTS and walk-jump only, at a tenth
+    of the budget). With
+    ``--mnist`` it walks and jumps on MNIST with the pretrained denoiser instead.
+
+``train``
+    Train a denoiser (U-Net for images, MLP for vectors) on MNIST, scikit-learn's
+    8x8 digits or samples of a Gaussian mixture, with resumable orbax checkpoints in
+    ``--out``; ``--pretrained-mnist`` / ``--pretrained-classifier`` re-create the
+    shipped networks with their recorded recipes.
+
+Every command is one function ``_<name>(args) -> int`` and one parser entry in
+:data:`_COMMANDS`. Errors the user can fix (an unusable output folder, missing
+pretrained weights) print ``numpyro-wjs <command>: error: ...`` and return exit
+code 2, as argparse does for bad options.
+
+Example
+-------
+.. code-block:: console
+
+    $ numpyro-wjs demo --quick --out /tmp/wjs-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .targets import GaussianMixture
+
+__all__ = ["build_parser", "demo_target", "main"]
+
+from .pretrained import MNIST_DENOISER_DIR, PRETRAINED_DIR  # noqa: F401 - part of the CLI's API
+
+#: Weights ``pi_k`` of the demo target ``p(x) = sum_k pi_k N(x; mu_k, 0.5^2 I)`` on ``R^2``.
+DEMO_WEIGHTS = (0.35, 0.25, 0.2, 0.12, 0.08)
+#: Means ``mu_k`` of the demo target: neighbours are 5.8 to 6.7 apart, about 12 standard deviations.
+DEMO_MEANS = ((-6.0, -2.0), (-3.0, 3.0), (0.0, -3.0), (3.0, 3.0), (6.0, -2.0))
+#: Common standard deviation ``tau`` of the demo target's components.
+DEMO_SCALE = 0.5
+
+#: Budgets, chains and warmup of the full and the ``--quick`` Gaussian-mixture demo.
+_GM_DEFAULTS = {"budget": 20_000, "chains": 4, "warmup": 500}
+_GM_QUICK = {"budget": 2_000, "chains": 2, "warmup": 200}
+#: Samplers of the ``--quick`` demo: the two of the lecture's picture (NUTS compiles slowly).
+_QUICK_SAMPLERS = ("NUTS", "WalkJump")
+#: Walk steps and warmup of the full and the ``--quick`` MNIST demo.
+_MNIST_DEFAULTS = {"budget": 2_000, "chains": 1, "warmup": 200}
+_MNIST_QUICK = {"budget": 200, "chains": 1, "warmup": 50}
+
+
+class UsageError(Exception):
+    """A problem the user can fix from the command line (exit code 2)."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written into it."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {str(out)!r} exists and is not a folder; choose another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(
+            f"cannot write to output folder {str(out)!r} ({reason}); choose another --out."
+        ) from None
+    return out
+
+
+def _markdown_table(table: Any, formats: dict[str, str] | None = None) -> str:
+    """A pandas DataFrame as a GitHub-flavoured markdown table (index first).
+
+    ``formats`` maps column names to format strings; other floats get ``{:.3g}``.
+    """
+    formats = formats or {}
+    header = [table.index.name or ""] + [str(c) for c in table.columns]
+
+    def cell(column: str, v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            if not math.isfinite(v):
+                return str(v)
+            if column in formats:
+                return formats[column].format(v)
+            return str(int(v)) if float(v).is_integer() else f"{v:.3g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for index, row in zip(table.index, table.itertuples(index=False)):
+        cells = [str(index)] + [cell(c, v) for c, v in zip(table.columns, row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: Number formats of the comparison table's columns in ``summary.md``.
+_TABLE_FORMATS = {
+    "evaluations": "{:.0f}",
+    "switches_per_1000_evals": "{:.1f}",
+    "tv_distance": "{:.3f}",
+    "ess_bulk": "{:.0f}",
+    "r_hat": "{:.3f}",
+    "wall_time_s": "{:.1f}",
+}
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as err:
+        raise UsageError(f"cannot write {str(path)!r} ({err.strerror or err}).") from None
+    finally:
+        plt.close(fig)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot write {str(path)!r} ({err.strerror or err}).") from None
+
+
+# --------------------------------------------------------------------------- demo
+def demo_target() -> GaussianMixture:
+    """The demo's target: five well separated modes of unequal weight in 2-D.
+
+    Returns
+    -------
+    GaussianMixture
+        ``sum_k pi_k N(mu_k, 0.5^2 I)`` with :data:`DEMO_WEIGHTS` and :data:`DEMO_MEANS`.
+    """
+    from .targets import GaussianMixture
+
+    return GaussianMixture(np.array(DEMO_WEIGHTS), np.array(DEMO_MEANS), DEMO_SCALE)
+
+
+def _settings(args: argparse.Namespace, defaults: dict[str, int], quick: dict[str, int]) -> dict[str, int]:
+    base = quick if args.quick else defaults
+    return {
+        "budget": base["budget"] if args.budget is None else args.budget,
+        "chains": base["chains"] if args.chains is None else args.chains,
+        "warmup": base["warmup"] if args.warmup is None else args.warmup,
+    }
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``numpyro-wjs demo``: see the module docstring."""
+    if args.mnist and not MNIST_DENOISER_DIR.exists():
+        raise UsageError(
+            f"--mnist needs the pretrained MNIST denoiser, which is not installed at "
+            f"{MNIST_DENOISER_DIR}. Run the demo without --mnist (Gaussian mixture), or train "
+            "and save a denoiser there first."
+        )
+    out = _output_dir(args.out)
+    return _demo_mnist(args, out) if args.mnist else _demo_mixture(args, out)
+
+
+def _demo_mixture(args: argparse.Namespace, out: Path) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from . import plots
+    from .comparison import default_samplers, run_samplers, summarize, walk_jump_sigma
+
+    s = _settings(args, _GM_DEFAULTS, _GM_QUICK)
+    target = demo_target()
+    samplers = default_samplers(target)
+    if args.quick:
+        samplers = {name: samplers[name] for name in _QUICK_SAMPLERS}
+    sigma = walk_jump_sigma(target)
+    print(
+        f"Gaussian mixture: {target.K} modes in 2-D, weights {list(DEMO_WEIGHTS)}, scale {DEMO_SCALE}.\n"
+        f"Budget {s['budget']} gradient/denoiser evaluations per chain, {s['chains']} chains, "
+        f"{s['warmup']} warmup iterations, seed {args.seed}; every chain starts in the heaviest mode.",
+        flush=True,
+    )
+    runs: dict[str, Any] = {}
+    start = time.perf_counter()
+    for i, (name, kernel) in enumerate(samplers.items(), 1):
+        print(f"[{i}/{len(samplers)}] running {name} ...", end=" ", flush=True)
+        try:
+            run = run_samplers(
+                target,
+                {name: kernel},
+                budget=s["budget"],
+                num_chains=s["chains"],
+                num_warmup=s["warmup"],
+                seed=args.seed,
+            )
+        except ValueError as err:  # settings the sampler cannot run with, e.g. a budget below one draw
+            print(flush=True)
+            raise UsageError(str(err) if str(err).startswith(name) else f"{name}: {err}") from None
+        runs.update(run)
+        print(f"{runs[name].num_draws} draws per chain in {runs[name].wall_time:.1f} s", flush=True)
+    table = summarize(runs, target, target.weights)
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.precision", 3):
+        print("\n" + table.to_string() + "\n", flush=True)
+
+    print(f"Writing figures to {out} ...", flush=True)
+    limit = min(s["budget"], 2_000)
+    _save(plots.plot_trace(runs, target, against="evaluations", limit=limit), out / "trace.png")
+    labels = {name: _labels(target, run) for name, run in runs.items()}
+    _save(plots.plot_mode_occupancy(labels, target.K, np.asarray(target.weights)), out / "occupancy.png")
+    _save(plots.plot_density_paths(target, runs, max_draws=200), out / "paths.png")
+    _write_text(out / "summary.md", _mixture_summary(table, s, args.seed, sigma))
+    elapsed = time.perf_counter() - start
+    print(f"Done in {elapsed:.0f} s: summary.md, trace.png, occupancy.png, paths.png in {out}", flush=True)
+    return 0
+
+
+def _labels(target: Any, run: Any) -> np.ndarray:
+    """Mode labels ``(chain, draw)`` of a run's draws ``x``."""
+    x = np.asarray(run.data["posterior"]["x"].transpose("chain", "draw", ...).values)
+    return np.asarray(target.mode_of(x))
+
+
+def _mixture_summary(table: Any, s: dict[str, int], seed: int, sigma: float) -> str:
+    """``summary.md`` of the Gaussian-mixture demo: target, settings, table, reading."""
+    modes = "\n".join(
+        f"| {k} | ({m[0]:g}, {m[1]:g}) | {w:g} |" for k, (m, w) in enumerate(zip(DEMO_MEANS, DEMO_WEIGHTS))
+    )
+    K = len(DEMO_WEIGHTS)
+    findings = []
+    for name, row in table.iterrows():
+        visited = int(row["modes_visited"])
+        coverage = "every chain visited all" if visited == K else f"some chain visited only {visited} of"
+        findings.append(
+            f"- **{name}**: {int(row['switches'])} mode switches in total "
+            f"({row['switches_per_1000_evals']:.1f} per 1000 evaluations per chain); "
+            f"{coverage} {K} modes; total variation distance of the occupancy to the true weights "
+            f"{row['tv_distance']:.3f}."
+        )
+    local = ", ".join(n for n in table.index if n != "WalkJump")
+    return f"""# numpyro-wjs demo: mode hopping at an equal evaluation budget
+
+Target: a mixture of {len(DEMO_WEIGHTS)} Gaussians in 2-D,
+`p(x) = sum_k pi_k N(x; mu_k, {DEMO_SCALE}^2 I)`; neighbouring means are about 12
+component standard deviations apart, so the density between modes is essentially zero.
+
+| mode k | mean mu_k | weight pi_k |
+|---:|---|---:|
+{modes}
+
+Settings: budget {s['budget']} evaluations of `grad log p` (walk-jump: of the denoiser)
+per chain after warmup, {s['chains']} chains, {s['warmup']} warmup iterations, seed {seed}.
+Every chain starts in the heaviest mode (0). Walk-jump walks on `p_Y = p_X * N(0, sigma^2 I)`
+with sigma = {sigma:.3g} and the exact Bayes denoiser `E[X | y]`.
+
+## Results
+
+{_markdown_table(table, _TABLE_FORMATS)}
+
+{chr(10).join(findings)}
+
+## What it shows
+
+Gradient-based samplers ({local}) follow the score `grad log p`, which near a well
+separated mode points back to that mode: their chains stay in the mode they start in,
+so their occupancy misses the other modes' weight (large TV distance), R-hat cannot
+flag it when all chains share the mode, and ESS is that of one mode only. Walk-jump
+sampling walks on the smoothed density, where the modes are connected, and jumps back
+with `E[X | y]`: its chains switch modes often and their occupancy approaches the true
+weights.
+
+Columns: `evaluations` and `draws` per chain; `switches` (total over chains) and
+`switches_per_1000_evals`; `tv_distance` between pooled occupancy and the weights;
+`steps_to_visit_all` / `evals_to_visit_all` (-1: some chain never saw every mode);
+`modes_visited` (fewest over chains); `round_trips` between modes 0 and
+{len(DEMO_WEIGHTS) - 1}; `ess_bulk` (smallest over coordinates) and `r_hat` (largest);
+`wall_time_s` including compilation.
+
+Figures: `trace.png` (first coordinate against evaluations, mode regions shaded),
+`occupancy.png` (mode of every draw per chain, running occupancy against the weights),
+`paths.png` (first draws of every chain over the density).
+"""
+
+
+def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
+    """Walk-jump sampling of MNIST digits with the pretrained denoiser and classifier."""
+    import jax
+    import jax.numpy as jnp
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from numpyro.infer import MCMC
+
+    from . import plots
+    from .classifier import load_pretrained_classifier
+    from .diagnostics import mode_hopping
+    from .train import load_denoiser
+    from .walkjump import WalkJump
+
+    s = _settings(args, _MNIST_DEFAULTS, _MNIST_QUICK)
+    print(f"Loading the pretrained denoiser from {MNIST_DENOISER_DIR} ...", flush=True)
+    net = load_denoiser(MNIST_DENOISER_DIR)
+    classifier, _ = load_pretrained_classifier()
+    sigma = 1.0 if net.noise_conditional else float(net.sigma)
+    denoiser = (lambda y: net(y, sigma)) if net.noise_conditional else net
+    kernel = WalkJump(denoiser, sigma)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=s["warmup"],
+        num_samples=s["budget"],
+        num_chains=s["chains"],
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    x0 = jnp.full((s["chains"], 28, 28, 1), 0.5) if s["chains"] > 1 else jnp.full((28, 28, 1), 0.5)
+    print(
+        f"Walk-jump on MNIST at sigma={sigma:g}: {s['budget']} walk steps, {s['chains']} chain(s) ...",
+        flush=True,
+    )
+    start = time.perf_counter()
+    mcmc.run(jax.random.key(args.seed), init_params=x0, extra_fields=("y",))
+    jumps = np.asarray(mcmc.get_samples(group_by_chain=True))
+    walk = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
+    labels = np.stack([np.asarray(classifier.predict(jnp.asarray(c))) for c in jumps])
+    stats = mode_hopping(labels, num_modes=10, weights=np.full(10, 0.1))
+    print(
+        f"{time.perf_counter() - start:.0f} s; digit switches per chain: {stats.switches.values.tolist()}, "
+        f"digits visited: {stats.modes_visited.values.tolist()}, TV to uniform: "
+        f"{float(stats.tv_distance_all):.2f}",
+        flush=True,
+    )
+    _save(plots.plot_walk_jump_strip(walk[0], jumps[0], 12, labels=labels[0]), out / "walk_jump_strip.png")
+    idx = np.linspace(0, jumps.shape[1] - 1, min(40, jumps.shape[1])).astype(int)
+    _save(plots.plot_sample_grid(jumps[0, idx], labels[0, idx], ncols=10, title="jumps of chain 0"),
+          out / "samples.png")
+    occupancy = " | ".join(f"{v:.2f}" for v in stats.occupancy_all.values)
+    _write_text(
+        out / "summary.md",
+        f"# numpyro-wjs demo: walk-jump sampling on MNIST\n\n"
+        f"Denoiser: `{MNIST_DENOISER_DIR}` (sigma = {sigma:g}); {s['budget']} walk steps after "
+        f"{s['warmup']} warmup steps, {s['chains']} chain(s), seed {args.seed}.\n\n"
+        f"Digit switches per chain: {stats.switches.values.tolist()}; digits visited: "
+        f"{stats.modes_visited.values.tolist()}; total variation distance of the digit occupancy "
+        f"to uniform: {float(stats.tv_distance_all):.3f}.\n\n"
+        "| digit | " + " | ".join(map(str, range(10))) + " |\n|---|" + "---:|" * 10 + "\n"
+        f"| occupancy | {occupancy} |\n\n"
+        "Figures: `walk_jump_strip.png` (walk above, jumps below, classifier labels), "
+        "`samples.png` (jumps labelled by the classifier).\n",
+    )
+    print(f"Wrote summary.md, walk_jump_strip.png, samples.png to {out}", flush=True)
+    return 0
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="wjs-output", help="output folder (default: ./wjs-output)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--budget",
+        type=_positive_int,
+        default=None,
+        help=f"evaluations per chain (default {_GM_DEFAULTS['budget']}, quick {_GM_QUICK['budget']}; "
+        f"--mnist: walk steps, default {_MNIST_DEFAULTS['budget']})",
+    )
+    parser.add_argument(
+        "--chains",
+        type=_positive_int,
+        default=None,
+        help=f"chains per sampler (default {_GM_DEFAULTS['chains']}, quick {_GM_QUICK['chains']})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=None,
+        help=f"warmup iterations (default {_GM_DEFAULTS['warmup']}, quick {_GM_QUICK['warmup']})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a small, fast version: NUTS and walk-jump only, smaller budget"
+    )
+    parser.add_argument(
+        "--mnist", action="store_true", help="walk-jump on MNIST with the pretrained denoiser instead"
+    )
+
+
+# --------------------------------------------------------------------------- train
+def _train(args: argparse.Namespace) -> int:
+    """Train a denoiser, or re-create a shipped network."""
+    if args.pretrained_mnist or args.pretrained_classifier:
+        from .classifier import PRETRAINED_CLASSIFIER_DIR, train_pretrained_classifier
+        from .pretrained import train_pretrained_denoiser
+
+        default = PRETRAINED_CLASSIFIER_DIR if args.pretrained_classifier else MNIST_DENOISER_DIR
+        out = Path(args.out) if args.out else default
+        if out.exists():
+            raise UsageError(f"{out} already exists; move it away or pass --out to a new folder.")
+        if args.pretrained_classifier:
+            _, meta = train_pretrained_classifier(out, data_path=args.data_path)
+            print(f"held-out accuracy {meta['heldout_accuracy']:.4f}; saved to {out}")
+        else:
+            _, meta = train_pretrained_denoiser(out, data_path=args.data_path, checkpoint_dir=args.checkpoint_dir)
+            print(f"held-out MSE per image: {meta['heldout_mse_per_image']}; saved to {out}")
+        return 0
+    from flax import nnx
+
+    from .train import train_denoiser
+
+    data, eval_data = _training_data(args)
+    if args.sigma_range is not None:
+        lo, hi = args.sigma_range
+        if not 0 < lo < hi:
+            raise UsageError(f"--sigma-range needs 0 < LO < HI, got {lo} {hi}.")
+        sigma = (lo, hi)
+    else:
+        if not args.sigma > 0:
+            raise UsageError(f"--sigma must be positive, got {args.sigma}.")
+        sigma = args.sigma
+    conditional = isinstance(sigma, tuple)
+    rngs = nnx.Rngs(args.seed)
+    if data.ndim == 4:
+        from .denoisers import UNet
+
+        net = UNet(data.shape[-1], tuple(args.channels), noise_conditional=conditional, rngs=rngs)
+    else:
+        from .denoisers import MLP
+
+        net = MLP(data.shape[-1], tuple(args.hidden), noise_conditional=conditional, rngs=rngs)
+    out = _output_dir(args.out or "wjs-denoiser")
+    result = train_denoiser(
+        net, data, sigma, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        eval_data=eval_data, seed=args.seed, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
+    )
+    if np.size(result.eval_mse):
+        last = np.atleast_1d(np.asarray(result.eval_mse)[-1])
+        sigmas = np.atleast_1d(np.asarray(result.eval_sigmas))
+        print("held-out MSE per example: " + ", ".join(f"{v:.4f} at s={s:g}" for s, v in zip(sigmas, last)))
+    print(f"checkpoint in {out}; load it with numpyro_wjs.train.load_denoiser({str(out)!r})")
+    return 0
+
+
+def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) arrays for ``train --data``."""
+    from . import data
+
+    if args.data == "mnist":
+        return data.load_mnist(args.data_path, split="train")[0], data.load_mnist(args.data_path, split="heldout")[0]
+    if args.data == "digits":
+        images = data.load_digits8x8()[0]
+        return images[:1500], images[1500:]
+    import jax
+
+    from .targets import GaussianMixture
+
+    target = GaussianMixture.ring(8, 4.0, 0.5)
+    return (data.mixture_samples(target, jax.random.key(args.seed), 50_000),
+            data.mixture_samples(target, jax.random.key(args.seed + 1), 5_000))
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", choices=("mnist", "digits", "mixture"), default="digits",
+                        help="training data: MNIST digits 0-7999, scikit-learn 8x8 digits, or an 8-mode 2-D ring")
+    parser.add_argument("--data-path", default=None, help="folder of MNIST IDX files (default: auto)")
+    parser.add_argument("--sigma", type=float, default=0.5, help="noise level of a fixed-sigma denoiser")
+    parser.add_argument("--sigma-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="train a noise-conditional denoiser on s log-uniform in [LO, HI]")
+    parser.add_argument("--steps", type=_positive_int, default=2000)
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    parser.add_argument("--channels", type=_positive_int, nargs="+", default=[16, 32], help="U-Net widths")
+    parser.add_argument("--hidden", type=_positive_int, nargs="+", default=[256, 256], help="MLP widths")
+    parser.add_argument("--seed", type=_non_negative_int, default=0)
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=500)
+    parser.add_argument("--out", default=None, help="checkpoint folder (resumes if it holds one)")
+    parser.add_argument("--checkpoint-dir", default=None, help="with --pretrained-mnist: resumable training folder")
+    parser.add_argument("--pretrained-mnist", action="store_true", help="re-create the shipped MNIST denoiser")
+    parser.add_argument("--pretrained-classifier", action="store_true", help="re-create the shipped MNIST classifier")
+
+
+# --------------------------------------------------------------------------- dispatch
+class _Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: dict[str, _Command] = {
+    "demo": _Command(
+        "compare samplers on a multimodal target and write a table and figures",
+        _add_demo_arguments,
+        _demo,
+    ),
+    "train": _Command(
+        "train a denoiser (or re-create a shipped network) with checkpoints",
+        _add_train_arguments,
+        _train,
+    ),
+}
+"""Subcommands: name -> (help, parser setup, function returning the exit code)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``numpyro-wjs`` argument parser with one subparser per command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="numpyro-wjs", description="Langevin MCMC and walk-jump sampling for NumPyro."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in _COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 success, 2 usage error).
+
+    Bad options make argparse print usage and raise ``SystemExit(2)``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return _COMMANDS[args.command].run(args)
+    except UsageError as err:
+        print(f"numpyro-wjs {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"numpyro-wjs {args.command}: interrupted", file=sys.stderr)
+        return 130
