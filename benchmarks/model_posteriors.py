@@ -155,7 +155,7 @@ def main():
         hop = float(np.mean(mcmc.get_extra_fields()["hop_accept_prob"]))
         sigma = float(np.mean(mcmc.get_extra_fields()["sigma_base"]))
 
-        print(f"## {model_name}   (exact mass {exact[model_name]:.4f}; WalkJump sigma_lo {sigma:.3f}, hop acc. {hop:.3f})")
+        print(f"### {model_name}   (exact mass {exact[model_name]:.4f}; WalkJump sigma_lo {sigma:.3f}, hop acc. {hop:.3f})")
         cols = list(rows[0])
         print("| " + " | ".join(cols) + " |")
         print("|" + "---|" * len(cols))

@@ -182,10 +182,10 @@ class ModelWalkJumpMixin:
             )
 
         if batched:
-            state = jax.jit(vmap(init_one))(init_params, rng_key)
+            state = vmap(init_one)(init_params, rng_key)
             self._sample_fn = vmap(self._sample_model, in_axes=(0, None, None))
         else:
-            state = jax.jit(init_one)(init_params, rng_key)
+            state = init_one(init_params, rng_key)
             self._sample_fn = self._sample_model
         check_finite_start("WalkJump", state.score, state.potential_energy)
         return state

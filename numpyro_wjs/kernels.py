@@ -8,6 +8,7 @@ windowed Welford estimates for the mass matrix), and calls the step.
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 import jax
@@ -66,7 +67,7 @@ def _positive(name: str, value) -> float:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"`{name}` must be a positive number, got {value!r}.") from None
-    if not (v > 0 and jnp.isfinite(v)):
+    if not (v > 0 and math.isfinite(v)):
         raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
     return v
 
@@ -186,10 +187,10 @@ class _LangevinKernel(MCMCKernel):
             return self._init_state(z, x, source, wa_state, key, key_core)
 
         if batched:
-            state = jax.jit(vmap(init_one))(init_params, rng_key)
-            self._sample_fn = vmap(self._sample_one, in_axes=(0, None, None))
+            state = vmap(init_one)(init_params, rng_key)
+            self._sample_fn = self._vectorized_sample
         else:
-            state = jax.jit(init_one)(init_params, rng_key)
+            state = init_one(init_params, rng_key)
             self._sample_fn = self._sample_one
         check_finite_start(name, state.score, getattr(state, "potential_energy", 0.0))
         return state
@@ -210,15 +211,30 @@ class _LangevinKernel(MCMCKernel):
             return make_source(z, potential_fn=potential_fn)
         return make_source(z, self._potential_fn, self._score_fn)
 
-    def _adapt(self, i, accept_prob, x, adapt_state):
-        return jax.lax.cond(
-            i < self._num_warmup,
-            lambda s: self._wa_update(i, accept_prob, (x,), s),
-            lambda s: s,
-            adapt_state,
-        )
+    def _vectorized_sample(self, state, model_args, model_kwargs):
+        """Vectorized chains move in lockstep: branch on the phase once, outside ``vmap``.
 
-    def _sample_one(self, state, model_args, model_kwargs):
+        (Under ``vmap`` a ``lax.cond`` on the batched counter would run the adaptation
+        at every step, warmup or not.)
+        """
+        def run(warmup):
+            fn = lambda s, a, k: self._sample_one(s, a, k, warmup=warmup)  # noqa: E731
+            return lambda s: vmap(fn, in_axes=(0, None, None))(s, model_args, model_kwargs)
+
+        return jax.lax.cond(state.i[0] < self._num_warmup, run(True), run(False), state)
+
+    def _adapt(self, i, accept_prob, x, adapt_state, warmup=None):
+        """Warmup update of step size / mass matrix; ``warmup`` None means decide from ``i``."""
+        if warmup is None:
+            return jax.lax.cond(
+                i < self._num_warmup,
+                lambda s: self._wa_update(i, accept_prob, (x,), s),
+                lambda s: s,
+                adapt_state,
+            )
+        return self._wa_update(i, accept_prob, (x,), adapt_state) if warmup else adapt_state
+
+    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
         raise NotImplementedError
 
     def _init_state(self, z, x, source, wa_state, rng_key, key_core):
@@ -291,7 +307,7 @@ class ULA(_LangevinKernel):
         c = core.ula_init(x, source.score)
         return ULAState(jnp.array(0), z, c.score, jnp.array(False), wa_state, rng_key)
 
-    def _sample_one(self, state, model_args, model_kwargs):
+    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
         source = self._source(state.z, model_args, model_kwargs)
         rng_key, key = random.split(state.rng_key)
         x = ravel_pytree(state.z)[0]
@@ -299,7 +315,7 @@ class ULA(_LangevinKernel):
         new = core.ula_step(key, core.LangevinState(x, state.score), source.score, adapt_state.step_size, _metric(adapt_state))
         ok = core.all_finite(*new)
         x, score = jax.tree.map(lambda a, b: jnp.where(ok, a, b), tuple(new), (x, state.score))
-        adapt_state = self._adapt(state.i, 0.0, x, adapt_state)
+        adapt_state = self._adapt(state.i, 0.0, x, adapt_state, warmup)
         return ULAState(state.i + 1, source.unravel(x), score, ~ok, adapt_state, rng_key)
 
 
@@ -382,7 +398,7 @@ class MALA(_LangevinKernel):
         zero = jnp.zeros((), c.logdensity.dtype)
         return MALAState(jnp.array(0), z, -c.logdensity, c.score, zero, zero, jnp.array(False), wa_state, rng_key)
 
-    def _sample_one(self, state, model_args, model_kwargs):
+    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
         source = self._source(state.z, model_args, model_kwargs)
         rng_key, key = random.split(state.rng_key)
         x = ravel_pytree(state.z)[0]
@@ -390,7 +406,7 @@ class MALA(_LangevinKernel):
         c = core.AdjustedLangevinState(x, -state.potential_energy, state.score)
         c, info = core.mala_step(key, c, source.logdensity, adapt_state.step_size, _metric(adapt_state))
         i = state.i
-        adapt_state = self._adapt(i, info.acceptance_rate, c.position, adapt_state)
+        adapt_state = self._adapt(i, info.acceptance_rate, c.position, adapt_state, warmup)
         n = jnp.where(i < self._num_warmup, i + 1, i + 1 - self._num_warmup)
         mean_accept_prob = state.mean_accept_prob + (info.acceptance_rate - state.mean_accept_prob) / n
         return MALAState(
@@ -469,7 +485,7 @@ class UnderdampedLangevin(_LangevinKernel):
         c = core.underdamped_init(x, source.score, key_core, _metric(wa_state))
         return UnderdampedLangevinState(jnp.array(0), z, c.velocity, c.score, jnp.array(False), wa_state, rng_key)
 
-    def _sample_one(self, state, model_args, model_kwargs):
+    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
         source = self._source(state.z, model_args, model_kwargs)
         rng_key, key = random.split(state.rng_key)
         x = ravel_pytree(state.z)[0]
@@ -478,7 +494,7 @@ class UnderdampedLangevin(_LangevinKernel):
         new = core.baoab_step(key, old, source.score, adapt_state.step_size, self._friction, _metric(adapt_state))
         ok = core.all_finite(*new)
         new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        adapt_state = self._adapt(state.i, 0.0, new.position, adapt_state)
+        adapt_state = self._adapt(state.i, 0.0, new.position, adapt_state, warmup)
         return UnderdampedLangevinState(
             state.i + 1, source.unravel(new.position), new.velocity, new.score, ~ok, adapt_state, rng_key
         )

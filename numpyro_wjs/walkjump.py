@@ -507,10 +507,10 @@ class WalkJump(ModelWalkJumpMixin, MCMCKernel):
             return WalkJumpState(jnp.array(0), x, st.position, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
 
         if batched:
-            state = jax.jit(vmap(init_one))(init_params, rng_key)
+            state = vmap(init_one)(init_params, rng_key)
             self._sample_fn = vmap(self._sample_one, in_axes=(0, None, None))
         else:
-            state = jax.jit(init_one)(init_params, rng_key)
+            state = init_one(init_params, rng_key)
             self._sample_fn = self._sample_one
         try:
             finite = bool(jnp.all(jnp.isfinite(state.score)))
