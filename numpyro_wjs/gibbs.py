@@ -28,6 +28,7 @@ from numpyro.infer.hmc_util import dual_averaging, warmup_adapter
 from numpyro.util import is_prng_key
 
 from . import langevin as core
+from .kernels import split_keys
 from .sources import check_finite_start, init_model, make_source, postprocess
 
 __all__ = ["GibbsPoint", "GibbsInfo", "noise_step", "denoise_step", "ModelWalkJumpState"]
@@ -149,8 +150,7 @@ class ModelWalkJumpMixin:
         model_kwargs = {} if model_kwargs is None else model_kwargs
         self._num_warmup = num_warmup
         batched = not is_prng_key(rng_key)
-        split = (lambda k, n: jnp.swapaxes(vmap(lambda kk: random.split(kk, n))(k), 0, 1)) if batched else random.split
-        rng_key, key_model = split(rng_key, 2)
+        rng_key, key_model = split_keys(rng_key, 2)
         if self._model is not None:
             init_params, self._potential_fn_gen, self._postprocess_fn_gen = init_model(
                 key_model, self._model, self._init_strategy, model_args, model_kwargs, init_params

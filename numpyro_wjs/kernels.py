@@ -62,7 +62,8 @@ UnderdampedLangevinState = namedtuple(
 (flattened momentum, kept across steps)."""
 
 
-def _positive(name: str, value) -> float:
+def check_positive(name: str, value) -> float:
+    """``value`` as a float; ``TypeError``/``ValueError`` naming ``name`` unless positive and finite."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -72,7 +73,7 @@ def _positive(name: str, value) -> float:
     return v
 
 
-def _split(rng_key, n):
+def split_keys(rng_key, n):
     """``random.split`` for a key or a batch of keys (vectorized chains)."""
     if is_prng_key(rng_key):
         return random.split(rng_key, n)
@@ -107,7 +108,7 @@ class _LangevinKernel(MCMCKernel):
     ):
         name = type(self).__name__
         check_source(name, model, potential_fn, score_fn, needs_potential=self._needs_potential)
-        self._step_size = _positive("step_size", step_size)
+        self._step_size = check_positive("step_size", step_size)
         if not 0 < target_accept_prob < 1:
             raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob}.")
         if inverse_mass_matrix is not None:
@@ -153,7 +154,7 @@ class _LangevinKernel(MCMCKernel):
         name = type(self).__name__
         model_kwargs = {} if model_kwargs is None else model_kwargs
         self._num_warmup = num_warmup
-        rng_key, key_model = _split(rng_key, 2)
+        rng_key, key_model = split_keys(rng_key, 2)
         if self._model is not None:
             init_params, self._potential_fn_gen, self._postprocess_fn_gen = init_model(
                 key_model, self._model, self._init_strategy, model_args, model_kwargs, init_params
@@ -479,7 +480,7 @@ class UnderdampedLangevin(_LangevinKernel):
             dense_mass=dense_mass,
             init_strategy=init_strategy,
         )
-        self._friction = _positive("friction", friction)
+        self._friction = check_positive("friction", friction)
 
     def _init_state(self, z, x, source, wa_state, rng_key, key_core):
         c = core.underdamped_init(x, source.score, key_core, _metric(wa_state))

@@ -37,6 +37,7 @@ from numpyro.util import identity, is_prng_key
 
 from . import langevin as core
 from .gibbs import ModelWalkJumpMixin
+from .kernels import check_positive as _positive
 from .sources import check_source
 
 Array = jax.Array
@@ -209,16 +210,6 @@ def _sigma_range(sigma):
 #: With ``sigma=None`` the model walk-jump adapts the lower end of its noise range and
 #: draws ``sigma`` log-uniformly up to this many times it.
 _DEFAULT_SIGMA_RATIO = 30.0
-
-
-def _positive(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a positive number, got {value!r}.") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
-    return v
 
 
 class WalkJump(ModelWalkJumpMixin, MCMCKernel):
