@@ -7,26 +7,30 @@ default of :class:`~numpyro_wjs.WalkJump`: BAOAB on ``p_Y`` at ``sigma = 0.5`` w
 step ``0.5 sigma``, friction 1, one jump ``x = y + sigma^2 score(y)`` per walk step,
 so each chain-step costs one denoiser evaluation. Chains start at held-out MNIST
 digits (uniform noise images when MNIST is not available). For ``C`` chains and
-``T`` steps, two programs do the same work:
+``T`` steps, three programs do the same work:
 
 * ``mcmc``: ``MCMC(WalkJump(lambda y: net(y, sigma), sigma), num_warmup=0,
   num_samples=T, num_chains=C, chain_method="vectorized", progress_bar=False)``,
-  timed on a second ``run`` with the same arguments (the first one compiles):
-  the kernel's ``init`` (one denoiser call per chain, run eagerly), the loop, the
-  collection of every jump ``x`` (and ``diverging``) and the ``(T, C) -> (C, T)``
-  transpose;
+  timed on later ``run`` calls with the same arguments on the same object (the
+  first one compiles): what a user pays per run, i.e. the kernel's ``init`` (one
+  denoiser call per chain), the loop, the collection of every jump ``x`` (and
+  ``diverging``), the ``(T, C) -> (C, T)`` transpose and any recompilation;
+* ``mcmc-jit``: the same ``MCMC`` built and run inside one ``jax.jit``-ed function,
+  compiled ahead of time: the compiled program alone;
 * ``bare``: one ``jax.jit``-ed function: ``vmap`` over chains of the same
   initialisation, then ``jax.lax.scan`` of ``vmap(walkjump.walk_step)`` and the
   jump, stacking the jumps into ``(T, C, 28, 28, 1)``; compiled ahead of time.
 
 ``T`` is chosen per size so that one run takes about ``--seconds`` (from the time
-of one batched denoiser call), unless ``--steps`` fixes it. Reported: chain-steps
-per second (``C T`` over the wall time of a run), the wall and process-CPU times,
-and the ratio ``mcmc / bare`` (the goal is at most 1.1). The CPU time, which sums
-all threads, is less sensitive to other jobs on a shared machine. ``--variants``
-adds, at the sizes it lists, ``mcmc`` with ``extra_fields=("y",)`` (the walk
-collected as well), ``mcmc`` with ``thinning=10``, ``bare`` without collection (last
-state only) and ``init``: the kernel's eager ``init`` alone against the jitted one.
+of one batched denoiser call), unless ``--steps`` fixes it. The cases are timed
+round-robin, ``--reps`` times each (median reported). Reported: chain-steps per
+second (``C T`` over the wall time of a run), the wall and process-CPU times, the
+XLA compilations per timed run, and the ratios ``mcmc / bare`` (the goal is at
+most 1.1) and ``mcmc-jit / bare``. The CPU time, which sums all threads, is less
+sensitive to other jobs on a shared machine. ``--variants`` adds, at the sizes it
+lists, ``mcmc-jit`` with ``extra_fields=("y",)`` (the walk collected as well),
+``mcmc-jit`` with ``thinning=10``, ``bare`` without collection (last state only),
+and the kernel's ``init`` alone against the jitted initialisation of ``bare``.
 
 Run from the repository root::
 
@@ -180,7 +184,7 @@ def mcmc_runner(
 
 
 def kernel_init(net: UNet, chains: int, key: jax.Array, x0: jax.Array) -> Callable[[], Any]:
-    """``WalkJump.init`` as ``MCMC`` calls it (batched keys, eager ``vmap``)."""
+    """``WalkJump.init`` as ``MCMC`` calls it (batched keys, or one key for one chain)."""
     kernel = WalkJump(lambda y: net(y, SIGMA), SIGMA, friction=FRICTION)
     keys = jax.random.split(key, chains)
     if chains == 1:
