@@ -86,7 +86,22 @@ def _metric(adapt_state) -> core.Metric:
     )
 
 
-class _LangevinKernel(MCMCKernel):
+class ClosureKernel(MCMCKernel):
+    """An ``MCMCKernel`` whose ``init`` builds ``_sample_fn`` (vmapped for vectorized chains)."""
+
+    _sample_fn = None
+
+    def sample(self, state, model_args, model_kwargs):
+        return self._sample_fn(state, model_args, model_kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_wa_update"] = None  # closures over the model are rebuilt by init
+        state["_sample_fn"] = None
+        return state
+
+
+class _LangevinKernel(ClosureKernel):
     """Shared machinery: score source, warmup adaptation, vectorized chains."""
 
     _needs_potential = False
@@ -194,15 +209,6 @@ class _LangevinKernel(MCMCKernel):
             state = init_one(init_params, rng_key)
             self._sample_fn = self._sample_one
         check_finite_start(name, state.score, getattr(state, "potential_energy", 0.0))
-        return state
-
-    def sample(self, state, model_args, model_kwargs):
-        return self._sample_fn(state, model_args, model_kwargs)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_wa_update"] = None
-        state["_sample_fn"] = None
         return state
 
     # -- shared pieces -----------------------------------------------------------

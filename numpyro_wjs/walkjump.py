@@ -32,11 +32,11 @@ import jax.numpy as jnp
 from jax import random, vmap
 from numpyro.infer.hmc_util import warmup_adapter
 from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import identity, is_prng_key
 
 from . import langevin as core
 from .gibbs import ModelWalkJumpMixin
+from .kernels import ClosureKernel
 from .kernels import check_positive as _positive
 from .sources import check_source
 
@@ -212,7 +212,7 @@ def _sigma_range(sigma):
 _DEFAULT_SIGMA_RATIO = 30.0
 
 
-class WalkJump(ModelWalkJumpMixin, MCMCKernel):
+class WalkJump(ModelWalkJumpMixin, ClosureKernel):
     r"""Walk-jump sampling as a NumPyro kernel.
 
     WALK: underdamped (default, BAOAB) or overdamped Langevin on
@@ -512,15 +512,6 @@ class WalkJump(ModelWalkJumpMixin, MCMCKernel):
                 "WalkJump: the denoiser returned non-finite values at the initial point; "
                 "check the denoiser (and its input scaling) and `init_params`."
             )
-        return state
-
-    def sample(self, state, model_args, model_kwargs):
-        return self._sample_fn(state, model_args, model_kwargs)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_wa_update"] = None
-        state["_sample_fn"] = None
         return state
 
     # -- one draw ------------------------------------------------------------------------
