@@ -84,7 +84,7 @@ def write_metadata(path: str | os.PathLike, metadata: Mapping[str, Any]) -> Path
 
 
 def read_metadata(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a JSON metadata file written by :func:`write_metadata`.
+    """Read a JSON metadata file written by ``write_metadata``.
 
     Parameters
     ----------

@@ -12,7 +12,7 @@ Architecture (``g``)::
       -> flatten -> dense(hidden) -> relu  (= phi(x), "features")
       -> dense(K)                           (= logits)
 
-Inputs follow the pixel convention of :mod:`numpyro_wjs.data` (float32 in ``[0, 1]``,
+Inputs follow the pixel convention of ``numpyro_wjs.data`` (float32 in ``[0, 1]``,
 NHWC); flat vectors of length ``H * W * C`` (as produced by samplers on ``R^d``) are
 accepted too.
 
@@ -172,7 +172,7 @@ class DigitClassifier(nnx.Module):
 
 
 class ClassifierTrainInfo(NamedTuple):
-    """Diagnostics of :func:`train_classifier`."""
+    """Diagnostics of ``train_classifier``."""
 
     losses: np.ndarray
     """Mini-batch cross-entropy at every step, shape ``(steps,)``: the learning curve."""
@@ -307,7 +307,7 @@ def train_classifier(
     channels: Sequence[int] = (16, 32),
     hidden: int = 64,
 ) -> tuple[DigitClassifier, ClassifierTrainInfo]:
-    """Fit a :class:`DigitClassifier` by minimising the cross-entropy with AdamW.
+    """Fit a ``DigitClassifier`` by minimising the cross-entropy with AdamW.
 
     Mini-batches are drawn without replacement within each epoch. The learning rate
     follows a cosine decay ``lr_t = lr (0.05 + 0.95 (1 + cos(pi t / steps)) / 2)``.
@@ -339,7 +339,7 @@ def train_classifier(
     augment_shift
         Random translations of up to this many pixels.
     num_classes, channels, hidden
-        Architecture, see :class:`DigitClassifier`.
+        Architecture, see ``DigitClassifier``.
 
     Returns
     -------
@@ -489,7 +489,7 @@ def save_classifier(
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[DigitClassifier, dict[str, Any]]:
-    """Load a classifier saved by :func:`save_classifier`.
+    """Load a classifier saved by ``save_classifier``.
 
     Parameters
     ----------
@@ -588,9 +588,9 @@ def train_pretrained_classifier(
     out_dir
         Checkpoint directory (default: the package's pretrained directory).
     data_path
-        MNIST directory passed to :func:`numpyro_wjs.data.load_mnist`.
+        MNIST directory passed to ``numpyro_wjs.data.load_mnist``.
     steps, batch_size, learning_rate, weight_decay, augment_noise, augment_shift, seed
-        Recipe, see :func:`train_classifier`.
+        Recipe, see ``train_classifier``.
     progress_bar
         Show a tqdm bar.
 

@@ -18,7 +18,7 @@ Commands
     shipped networks with their recorded recipes.
 
 Every command is one function ``_<name>(args) -> int`` and one parser entry in
-:data:`_COMMANDS`. Errors the user can fix (an unusable output folder, missing
+``_COMMANDS``. Errors the user can fix (an unusable output folder, missing
 pretrained weights) print ``numpyro-wjs <command>: error: ...`` and return exit
 code 2, as argparse does for bad options.
 
@@ -172,7 +172,7 @@ def demo_target() -> GaussianMixture:
     Returns
     -------
     GaussianMixture
-        ``sum_k pi_k N(mu_k, 0.5^2 I)`` with :data:`DEMO_WEIGHTS` and :data:`DEMO_MEANS`.
+        ``sum_k pi_k N(mu_k, 0.5^2 I)`` with ``DEMO_WEIGHTS`` and ``DEMO_MEANS``.
     """
     from .targets import GaussianMixture
 

@@ -4,17 +4,17 @@ Every sampler runs the same number of chains from the same initial points with t
 same random keys, and its sampling phase is cut to the same number ``B`` of
 evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain:
 
-* one-evaluation kernels (:class:`~numpyro_wjs.kernels.ULA`,
-  :class:`~numpyro_wjs.kernels.MALA`, :class:`~numpyro_wjs.kernels.UnderdampedLangevin`,
-  :class:`numpyro.infer.BarkerMH`): ``e = 1`` per draw, ``n = floor(B / e)`` draws;
-* :class:`~numpyro_wjs.walkjump.WalkJump`: ``e = jump_every`` per draw (the jump
+* one-evaluation kernels (``ULA``,
+  ``MALA``, ``UnderdampedLangevin``,
+  ``numpyro.infer.BarkerMH``): ``e = 1`` per draw, ``n = floor(B / e)`` draws;
+* ``WalkJump``: ``e = jump_every`` per draw (the jump
   ``y + sigma^2 grad log p_Y(y)`` is free), plus
   ``1 + (M - 1)(num_inner_steps + 1)`` in sequential mode with ``M > 1``
   measurements (one denoiser call for ``E[X | y_1]``, then per extra measurement
   one for the initial score and one per inner step); the Gibbs walk-jump on a
   model (``WalkJump(model=...)``): ``1 + num_mala_steps`` gradients per draw
   (the hop from the noisy point, then the MALA refinement);
-* :class:`numpyro.infer.HMC` / :class:`numpyro.infer.NUTS`: one gradient per
+* ``numpyro.infer.HMC`` / ``numpyro.infer.NUTS``: one gradient per
   leapfrog step, counted exactly from the ``num_steps`` of every draw. Warmup and
   sampling run in chunks of ``ceil(num_warmup / 4)`` iterations (100 without
   warmup) until the sampling-phase count (mean over chains) reaches ``B``; the
@@ -24,7 +24,7 @@ evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain:
 So the evaluations per chain of every run satisfy ``B - c < evaluations <= B``,
 with ``c`` the cost of one more draw (``e``, or for NUTS at most
 ``2^max_tree_depth - 1``). Mode statistics (theory.md, section 7) come from
-:func:`numpyro_wjs.diagnostics.mode_hopping`; R-hat and ESS from ArviZ.
+``numpyro_wjs.diagnostics.mode_hopping``; R-hat and ESS from ArviZ.
 
 Example
 -------
@@ -74,7 +74,7 @@ __all__ = [
 #: Iterations per chunk of an HMC/NUTS run without warmup.
 _NUTS_CHUNK = 100
 
-#: Columns of :func:`summarize` that need mode labels.
+#: Columns of ``summarize`` that need mode labels.
 _MODE_COLUMNS = (
     "switches",
     "switches_per_1000_evals",
@@ -417,10 +417,10 @@ def run_samplers(
     Parameters
     ----------
     target : GaussianMixture or callable
-        A mixture (then ``samplers`` defaults to :func:`default_samplers`) or a
+        A mixture (then ``samplers`` defaults to ``default_samplers``) or a
         NumPyro model (then ``samplers`` is required).
     samplers : dict of str to MCMCKernel, optional
-        Kernels by name; their cost per draw is :func:`evaluations_per_draw`.
+        Kernels by name; their cost per draw is ``evaluations_per_draw``.
     budget : int
         Evaluations of ``grad log p`` (or the denoiser) per chain in the sampling
         phase; warmup is not counted.
@@ -530,7 +530,7 @@ def summarize(
     Parameters
     ----------
     runs : dict of str to Run
-        From :func:`run_samplers`.
+        From ``run_samplers``.
     labeller : object with ``mode_of``, or callable, optional
         Maps draws ``(B, *event)`` to mode labels (e.g. the ``GaussianMixture``).
         Without it the mode columns are left out.
@@ -601,11 +601,11 @@ def compare(
     var_name: str | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """:func:`run_samplers` then :func:`summarize`: one row per sampler at the shared budget.
+    """``run_samplers`` then ``summarize``: one row per sampler at the shared budget.
 
     ``labeller`` defaults to ``target`` when it is a ``GaussianMixture`` (and
     ``weights`` to its weights). Other keyword arguments (``init``,
-    ``progress_bar``, ``model_args``, ``model_kwargs``) go to :func:`run_samplers`.
+    ``progress_bar``, ``model_args``, ``model_kwargs``) go to ``run_samplers``.
     Under a fixed ``seed`` the table is reproducible except ``wall_time_s``.
     """
     runs = run_samplers(

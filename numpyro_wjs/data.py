@@ -69,7 +69,7 @@ MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-"""Mirrors serving ``<name>.gz`` for every name in :data:`MNIST_MD5`, tried in order."""
+"""Mirrors serving ``<name>.gz`` for every name in ``MNIST_MD5``, tried in order."""
 
 MNIST_ENV_VAR = "NUMPYRO_WJS_MNIST"
 _IMAGES_MAGIC = 2051
@@ -256,7 +256,7 @@ def download_mnist(
 
     Files already present with the right checksum are kept. Each file is written to a
     temporary file in ``directory`` and renamed only once the MD5 of its uncompressed
-    bytes equals :data:`MNIST_MD5`, so an interrupted or corrupt download never leaves
+    bytes equals ``MNIST_MD5``, so an interrupted or corrupt download never leaves
     a file that the loader would read.
 
     Parameters
@@ -264,7 +264,7 @@ def download_mnist(
     directory
         Destination; default ``~/.cache/numpyro_wjs/mnist``.
     mirrors
-        Base URLs tried in order for each file; default :data:`MNIST_MIRRORS`.
+        Base URLs tried in order for each file; default ``MNIST_MIRRORS``.
 
     Returns
     -------
@@ -438,7 +438,7 @@ def mixture_samples(mixture: GaussianMixture, rng_key: Any, n: int) -> np.ndarra
     Parameters
     ----------
     mixture
-        A :class:`numpyro_wjs.targets.GaussianMixture` (anything with
+        A ``numpyro_wjs.targets.GaussianMixture`` (anything with
         ``sample(rng_key, sample_shape)``).
     rng_key
         JAX PRNG key.

@@ -122,11 +122,11 @@ def _is_concrete(x: Any) -> bool:
 class Denoiser(nnx.Module):
     """EDM-preconditioned denoiser ``xhat(y, s) = c_skip y + c_out F(c_in y, c_noise)``.
 
-    Subclasses define the backbone ``F`` in :meth:`backbone`, the number of event
-    dimensions ``event_ndim`` and :meth:`check_event_shape`; this class handles the
+    Subclasses define the backbone ``F`` in ``backbone``, the number of event
+    dimensions ``event_ndim`` and ``check_event_shape``; this class handles the
     preconditioning, batching (any number of leading axes, including none) and the
     score. Attributes ``sigma`` (training noise level of a fixed-sigma network, set
-    by :func:`numpyro_wjs.train.train_denoiser` when left ``None``), ``sigma_data``
+    by ``numpyro_wjs.train.train_denoiser`` when left ``None``), ``sigma_data``
     and ``noise_conditional`` are read by the trainer and the checkpoint code.
     """
 
@@ -180,7 +180,7 @@ class Denoiser(nnx.Module):
         ----------
         y : array, shape (..., *event_shape)
         s : array or float, optional
-            As in :meth:`__call__`.
+            As in ``__call__``.
 
         Returns
         -------
@@ -397,7 +397,7 @@ class UNet(Denoiser):
     """U-Net denoiser (Ronneberger et al. 2015) for NHWC images ``(..., H, W, C)``.
 
     ``channels[i]`` is the width at resolution level ``i``. Down path: a
-    :class:`ConvBlock` per level followed by a stride-2 convolution; bottleneck: a
+    ``ConvBlock`` per level followed by a stride-2 convolution; bottleneck: a
     block at ``channels[-1]``; up path: nearest upsampling and a 3x3 convolution,
     concatenation with the skip connection of the same level, a block; finally a
     zero-initialised 1x1 convolution back to ``in_channels``. ``H`` and ``W`` must be

@@ -106,7 +106,7 @@ ModelWalkJumpState = namedtuple(
         "mean_hop_accept_prob", "diverging", "sigma", "sigma_base", "sigma_state", "adapt_state", "rng_key",
     ],
 )
-"""State of the model-based :class:`~numpyro_wjs.WalkJump`.
+"""State of the model-based ``WalkJump``.
 
 - **i**: iteration. **z**: the clean draw (pytree, unconstrained). **y**: the noisy walk (flat).
 - **potential_energy**, **score**: ``-log p(z)`` and ``grad log p(z)`` (flat).
@@ -122,7 +122,7 @@ ModelWalkJumpState = namedtuple(
 
 
 class ModelWalkJumpMixin:
-    """Model/potential walk-jump; mixed into :class:`~numpyro_wjs.WalkJump`."""
+    """Model/potential walk-jump; mixed into ``WalkJump``."""
 
     def _setup_model(self, model, potential_fn, sigma, sigma_ratio, num_mala_steps, step_size, adapt_sigma,
                      target_hop_accept_prob, adapt_step_size, adapt_mass_matrix, init_strategy):

@@ -1,8 +1,8 @@
-"""Langevin kernels for :class:`numpyro.infer.MCMC`: ULA, MALA, UnderdampedLangevin.
+"""Langevin kernels for ``numpyro.infer.MCMC``: ULA, MALA, UnderdampedLangevin.
 
-Thin shells around the pure steps of :mod:`numpyro_wjs.langevin`: a kernel binds a
-score source (:mod:`numpyro_wjs.sources`), runs warmup adaptation with
-:func:`numpyro.infer.hmc_util.warmup_adapter` (dual averaging for the step size,
+Thin shells around the pure steps of ``numpyro_wjs.langevin``: a kernel binds a
+score source (``numpyro_wjs.sources``), runs warmup adaptation with
+``numpyro.infer.hmc_util.warmup_adapter`` (dual averaging for the step size,
 windowed Welford estimates for the mass matrix), and calls the step.
 """
 
@@ -33,7 +33,7 @@ from .sources import (
 __all__ = ["ULA", "MALA", "UnderdampedLangevin", "ULAState", "MALAState", "UnderdampedLangevinState"]
 
 ULAState = namedtuple("ULAState", ["i", "z", "score", "diverging", "adapt_state", "rng_key"])
-"""State of :class:`ULA`.
+"""State of ``ULA``.
 
 - **i**: iteration (continues after warmup).
 - **z**: current position (a pytree; unconstrained values for a model).
@@ -48,7 +48,7 @@ MALAState = namedtuple(
     "MALAState",
     ["i", "z", "potential_energy", "score", "accept_prob", "mean_accept_prob", "diverging", "adapt_state", "rng_key"],
 )
-"""State of :class:`MALA`: as :data:`ULAState`, plus
+"""State of ``MALA``: as ``ULAState``, plus
 
 - **potential_energy**: ``-log p(z)``;
 - **accept_prob**: Metropolis-Hastings acceptance probability of the last proposal;
@@ -58,7 +58,7 @@ MALAState = namedtuple(
 UnderdampedLangevinState = namedtuple(
     "UnderdampedLangevinState", ["i", "z", "velocity", "score", "diverging", "adapt_state", "rng_key"]
 )
-"""State of :class:`UnderdampedLangevin`: as :data:`ULAState`, plus **velocity**
+"""State of ``UnderdampedLangevin``: as ``ULAState``, plus **velocity**
 (flattened momentum, kept across steps)."""
 
 
@@ -251,8 +251,10 @@ class _LangevinKernel(ClosureKernel):
 class ULA(_LangevinKernel):
     r"""Unadjusted (overdamped) Langevin algorithm.
 
-    .. math:: x_{t+1} = x_t + h\,C\,\nabla\log p(x_t) + \sqrt{2h}\,S\,\varepsilon_t,
-              \qquad S S^\top = C,\ \varepsilon_t \sim N(0, I).
+    $$
+    x_{t+1} = x_t + h\,C\,\nabla\log p(x_t) + \sqrt{2h}\,S\,\varepsilon_t,
+    \qquad S S^\top = C,\ \varepsilon_t \sim N(0, I).
+    $$
 
     Needs only the score, so it runs on an analytic or a learned one. It is biased:
     on ``N(0, s^2)`` its stationary variance is ``s^2 / (1 - h / (2 s^2))`` and it
@@ -262,7 +264,7 @@ class ULA(_LangevinKernel):
     Parameters
     ----------
     model, potential_fn, score_fn
-        Exactly one score source (see :mod:`numpyro_wjs.sources`).
+        Exactly one score source (see ``numpyro_wjs.sources``).
     step_size : float
         ``h > 0`` (fixed: there is no acceptance rate to adapt it to).
     inverse_mass_matrix : array, optional
@@ -329,12 +331,12 @@ class ULA(_LangevinKernel):
 class MALA(_LangevinKernel):
     r"""Metropolis-adjusted Langevin algorithm (Roberts & Tweedie 1996).
 
-    Proposal :math:`x' \sim N(x + h\,C\,\nabla\log p(x),\ 2h\,C)`, accepted with
-    probability :math:`\min\{1, p(x')q(x\mid x') / (p(x)q(x'\mid x))\}`: exact for
+    Proposal $x' \sim N(x + h\,C\,\nabla\log p(x),\ 2h\,C)$, accepted with
+    probability $\min\{1, p(x')q(x\mid x') / (p(x)q(x'\mid x))\}$: exact for
     ``p``. The step size is tuned during warmup by dual averaging towards
     ``target_accept_prob`` (0.574 is asymptotically optimal, Roberts & Rosenthal
     1998), and ``C`` by windowed Welford estimates: both from
-    :func:`numpyro.infer.hmc_util.warmup_adapter`, as NUTS and BarkerMH do.
+    ``numpyro.infer.hmc_util.warmup_adapter``, as NUTS and BarkerMH do.
 
     Needs ``log p``: pass ``model=`` or ``potential_fn=`` (a bare ``score_fn`` raises).
 
@@ -432,10 +434,12 @@ class MALA(_LangevinKernel):
 class UnderdampedLangevin(_LangevinKernel):
     r"""Underdamped (kinetic) Langevin dynamics with the BAOAB splitting.
 
-    .. math:: dx = M^{-1} v\,dt,\qquad
-              dv = \nabla\log p(x)\,dt - \gamma v\,dt + \sqrt{2\gamma}\,M^{1/2} dW
+    $$
+    dx = M^{-1} v\,dt,\qquad
+    dv = \nabla\log p(x)\,dt - \gamma v\,dt + \sqrt{2\gamma}\,M^{1/2} dW
+    $$
 
-    integrated by :func:`numpyro_wjs.langevin.baoab_step` (half kick, half drift,
+    integrated by ``numpyro_wjs.langevin.baoab_step`` (half kick, half drift,
     exact Ornstein-Uhlenbeck velocity refresh, half drift, half kick). The velocity
     persists across steps, so the chain moves ballistically over a distance of
     about ``1 / friction`` before it forgets its direction. Unadjusted (runs on a
@@ -451,7 +455,7 @@ class UnderdampedLangevin(_LangevinKernel):
     friction : float
         ``gamma > 0``; ``exp(-gamma h)`` of the velocity survives each step.
     inverse_mass_matrix, adapt_mass_matrix, dense_mass, init_strategy
-        As for :class:`ULA`.
+        As for ``ULA``.
 
     Example
     -------

@@ -3,7 +3,7 @@
 Each algorithm is an ``init`` function and a ``step`` function of
 ``(rng_key, state, <target>, <parameters>)``; none holds hidden state, so they run
 inside ``jax.lax.scan``, ``jax.vmap`` and ``jax.jit`` without NumPyro. The NumPyro
-kernels in :mod:`numpyro_wjs.kernels` are thin shells around these functions.
+kernels in ``numpyro_wjs.kernels`` are thin shells around these functions.
 
 Positions are arrays of any shape when the metric is ``None`` (identity) or a
 diagonal of the same shape; a dense metric needs flat ``(d,)`` positions.
@@ -79,7 +79,7 @@ class Metric(NamedTuple):
 
 
 def metric(inverse_mass_matrix: Array) -> Metric:
-    """Build a :class:`Metric` from ``C``: a ``(d,)`` diagonal or a ``(d, d)`` matrix."""
+    """Build a ``Metric`` from ``C``: a ``(d,)`` diagonal or a ``(d, d)`` matrix."""
     c = jnp.asarray(inverse_mass_matrix)
     if c.ndim not in (1, 2) or (c.ndim == 2 and c.shape[0] != c.shape[1]):
         raise ValueError(

@@ -1,7 +1,7 @@
 """Figures for mode hopping and walk-jump sampling (matplotlib).
 
 Every function draws on new or given axes and returns the
-:class:`matplotlib.figure.Figure`; none calls ``plt.show``, so all of them work
+``matplotlib.figure.Figure``; none calls ``plt.show``, so all of them work
 with the non-interactive ``Agg`` backend. Draws are accepted as
 
 * an ArviZ ``DataTree`` (its ``posterior`` group), an ``xarray`` Dataset or DataArray
@@ -11,7 +11,7 @@ with the non-interactive ``Agg`` backend. Draws are accepted as
 * a mapping ``name -> one of the above``, drawn as one panel per name.
 
 Mode ``k`` always has colour ``k`` of the ``tab10`` colormap, in every figure.
-Figures are created through :mod:`matplotlib.pyplot` (so ``plt.show()`` displays
+Figures are created through ``matplotlib.pyplot`` (so ``plt.show()`` displays
 them in scripts); close them with ``plt.close(fig)`` when making many.
 
 Example

@@ -1,7 +1,7 @@
 """Networks shipped with the package, loaded by name, and the recipes that made them.
 
 Both were trained on MNIST test digits 0-7999 only; digits 8000-9999 are held out
-for every number reported in their metadata (:mod:`numpyro_wjs.data`).
+for every number reported in their metadata (``numpyro_wjs.data``).
 
 * ``"mnist"``: a noise-conditional U-Net denoiser ``net(y, s) -> E[X | y]`` for
   ``s`` in ``[0.05, 1.2]`` (pixels in ``[0, 1]``). One network serves walk-jump at
@@ -66,10 +66,10 @@ def train_pretrained_denoiser(
 ) -> tuple[Any, dict[str, Any]]:
     """Train the shipped MNIST denoiser and save it to ``out_dir``.
 
-    A noise-conditional :class:`~numpyro_wjs.denoisers.UNet` trained on
+    A noise-conditional ``UNet`` trained on
     ``load_mnist(data_path, split="train")`` with ``s`` log-uniform in
     ``sigma_range``; the held-out mean squared error per image (summed over the 784
-    pixels) at each of :data:`EVAL_SIGMAS` is stored in the metadata. With
+    pixels) at each of ``EVAL_SIGMAS`` is stored in the metadata. With
     ``checkpoint_dir`` an interrupted run resumes where it stopped.
     """
     from flax import nnx

@@ -3,14 +3,14 @@
 A kernel is given exactly one of
 
 * ``model``: a NumPyro model; potential and gradient in unconstrained space via
-  :func:`numpyro.infer.util.initialize_model`, draws mapped back by its
+  ``numpyro.infer.util.initialize_model``, draws mapped back by its
   ``postprocess_fn`` (as NUTS does);
 * ``potential_fn``: ``z -> -log p(z)`` (needs ``init_params``);
 * ``score_fn``: ``z -> grad log p(z)``, analytic or learned (needs ``init_params``).
 
-Positions may be any pytree; :class:`Source` works on the flat vector
+Positions may be any pytree; ``Source`` works on the flat vector
 (``jax.flatten_util.ravel_pytree``) that the step functions of
-:mod:`numpyro_wjs.langevin` use.
+``numpyro_wjs.langevin`` use.
 """
 
 from __future__ import annotations

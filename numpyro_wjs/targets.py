@@ -131,6 +131,8 @@ class GaussianMixture(_TargetMixin):
     scales : array (K,) or scalar
         Component standard deviations ``tau_k > 0``; a scalar is shared by all K.
 
+    Notes
+    -----
     The dtype is ``jnp.result_type`` of the inputs (float32 unless float64 inputs
     are given with x64 enabled). Invalid parameters raise ``ValueError``.
     """
@@ -392,7 +394,7 @@ class Gaussian(_TargetMixin):
     ) -> float | tuple[float, float]:
         """Exact Bayes risk ``tr(cov - cov (cov + sigma^2 I)^{-1} cov)`` (summed over
         coordinates). ``rng_key`` and ``num_samples`` are accepted for symmetry with
-        :meth:`GaussianMixture.bayes_mse` and ignored; the standard error is 0."""
+        ``GaussianMixture.bayes_mse`` and ignored; the standard error is 0."""
         mse = float(jnp.trace(self.cov - _matmul(self.cov, self._gain(sigma))))
         return (mse, 0.0) if return_stderr else mse
 

@@ -5,10 +5,10 @@ A denoiser ``xhat`` trained on (theory.md section 4)::
     L(theta) = E_{x ~ p_X, eps ~ N(0, I)} || x - xhat_theta(x + sigma eps) ||^2
 
 estimates ``E[X | y]``, hence the score ``(xhat(y) - y) / sigma^2`` of the smoothed
-density (Tweedie-Miyasawa). :func:`train_denoiser` minimises a Monte Carlo estimate of
+density (Tweedie-Miyasawa). ``train_denoiser`` minimises a Monte Carlo estimate of
 ``L`` with AdamW, keeps an exponential moving average (EMA) of the weights, evaluates
 held-out error, shards batches over several devices and checkpoints/resumes with
-Orbax. :func:`load_denoiser` rebuilds a trained network from a checkpoint directory
+Orbax. ``load_denoiser`` rebuilds a trained network from a checkpoint directory
 alone.
 
 Checkpoint layout (one directory per checkpoint)::
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 ARCHITECTURES: dict[str, type[Denoiser]] = {"MLP": MLP, "UNet": UNet}
-"""Denoiser classes that checkpoints can name and :func:`load_denoiser` can rebuild."""
+"""Denoiser classes that checkpoints can name and ``load_denoiser`` can rebuild."""
 
 FORMAT = "numpyro_wjs.denoiser"
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ _LOG_EVERY = 50
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """Outcome of :func:`train_denoiser`.
+    """Outcome of ``train_denoiser``.
 
     Attributes
     ----------
@@ -85,7 +85,7 @@ class TrainResult:
     model : Denoiser
         Network with the final raw weights (the ``model`` passed in, trained in place).
     loss_history : np.ndarray, shape (steps,)
-        Training loss of every step (see :func:`loss_fn`).
+        Training loss of every step (see ``loss_fn``).
     eval_steps : np.ndarray, shape (n_evals,)
         Steps at which the EMA network was evaluated on ``eval_data``.
     eval_sigmas : np.ndarray, shape (k,)
@@ -165,7 +165,7 @@ def train_step(
     key: jax.Array,
     sigma: jax.Array,
 ) -> jax.Array:
-    """One optimizer step on :func:`loss_fn`; updates ``model`` and ``optimizer`` in place."""
+    """One optimizer step on ``loss_fn``; updates ``model`` and ``optimizer`` in place."""
     loss, grads = nnx.value_and_grad(loss_fn)(model, batch, key, sigma)
     optimizer.update(model, grads)
     return loss
@@ -193,7 +193,7 @@ def train_iteration(
     ema_decay: float,
     batch_sharding: NamedSharding | None = None,
 ) -> jax.Array:
-    """Step ``step`` of training: draw a batch, :func:`train_step`, :func:`ema_update`.
+    """Step ``step`` of training: draw a batch, ``train_step``, ``ema_update``.
 
     The batch is ``batch_size`` indices drawn uniformly with replacement, and every
     random number of step ``t`` comes from ``fold_in(key, t)``, so a run is a
@@ -402,7 +402,7 @@ def train_denoiser(
     """Train a denoiser by least squares, ``min E||x - xhat(x + s eps)||^2``.
 
     Each step draws ``batch_size`` clean samples uniformly (with replacement) from
-    ``data``, adds noise, takes an optimizer step on :func:`loss_fn` and updates an
+    ``data``, adds noise, takes an optimizer step on ``loss_fn`` and updates an
     EMA of the weights. With more than one local device (or a given ``mesh``) the
     batch is sharded over the mesh axis ``'data'`` and the weights are replicated.
     With ``checkpoint_dir``, checkpoints are written every ``checkpoint_every`` steps
@@ -466,7 +466,7 @@ def train_denoiser(
     Raises
     ------
     ValueError
-        For invalid settings or data; :class:`CheckpointError` for an unreadable or
+        For invalid settings or data; ``CheckpointError`` for an unreadable or
         incompatible checkpoint in ``checkpoint_dir``.
     FloatingPointError
         If the loss becomes NaN or infinite.
@@ -692,7 +692,7 @@ def save_checkpoint(
     step: int | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save a denoiser's weights and metadata so that :func:`load_denoiser` rebuilds it.
+    """Save a denoiser's weights and metadata so that ``load_denoiser`` rebuilds it.
 
     Parameters
     ----------

@@ -15,9 +15,9 @@ for ``x`` with noise ``sigma / sqrt(M)``, so (Saremi & Srivastava 2022)
   ``(E[X | y_1..y_m] - y_m) / sigma^2``, by short Langevin runs; jump to
   ``E[X | y_1..y_M]`` (Saremi, Park & Bach 2024, "Chain of log-concave Markov chains").
 
-The pure functions (:func:`smoothed_score`, :func:`joint_score`,
-:func:`sequential_jump`, :func:`walk_step`) run inside ``jax.lax.scan``;
-:class:`WalkJump` wraps them as a NumPyro ``MCMCKernel``.
+The pure functions (``smoothed_score``, ``joint_score``,
+``sequential_jump``, ``walk_step``) run inside ``jax.lax.scan``;
+``WalkJump`` wraps them as a NumPyro ``MCMCKernel``.
 """
 
 from __future__ import annotations
@@ -170,14 +170,14 @@ WalkJumpState = namedtuple(
     "WalkJumpState",
     ["i", "x", "y", "velocity", "accept_prob", "mean_accept_prob", "diverging", "adapt_state", "rng_key", "score"],
 )
-"""State of :class:`WalkJump`.
+"""State of ``WalkJump``.
 
 - **i**: iteration.
 - **x**: the jump ``E[X | y]`` (the sample field).
 - **y**: the walk (noisy measurements; ``(M, *event)`` in joint mode).
 - **velocity**: momentum of the underdamped walk.
 - **accept_prob**: estimated Metropolis acceptance of the last walk steps (see
-  :func:`walk_step`); drives step-size adaptation, never rejects.
+  ``walk_step``); drives step-size adaptation, never rejects.
 - **mean_accept_prob**: its running mean.
 - **diverging**: the last walk step produced non-finite values and was discarded.
 - **adapt_state**: ``HMCAdaptState``; ``adapt_state.step_size`` is the walk step size.
@@ -238,7 +238,7 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
     ``target_accept_prob``: a bound on the discretisation error, not a rejection.
 
     **Without a denoiser** (``model=`` or ``potential_fn=``): Gibbs sampling on
-    ``(z, y)`` from :mod:`numpyro_wjs.gibbs`: the walk ``y ~ N(z, sigma^2 I)``, the
+    ``(z, y)`` from ``numpyro_wjs.gibbs``: the walk ``y ~ N(z, sigma^2 I)``, the
     jump a move that leaves ``p(z | y) ∝ p(z) N(y; z, sigma^2 I)`` invariant (a hop
     ``z' ~ N(y, sigma^2 I)`` accepted with ``min(1, p(z')/p(z))``, then
     ``num_mala_steps`` MALA steps). Its ``z`` draws target the exact posterior for
@@ -251,7 +251,7 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
     tunes ``lo`` by dual averaging so that hops at ``lo`` are accepted with
     probability ``target_hop_accept_prob`` (the local scale of the posterior), and
     sampling draws ``sigma`` in ``(lo, 30 lo)``. The MALA step size and mass matrix
-    are adapted with ``hmc_util`` as in :class:`~numpyro_wjs.MALA`. Watch
+    are adapted with ``hmc_util`` as in ``MALA``. Watch
     ``hop_accept_prob`` (extra field): near zero means ``sigma`` is too large for
     the model's dimension.
 
