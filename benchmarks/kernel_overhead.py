@@ -37,8 +37,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -48,11 +46,12 @@ import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 from numpyro.infer import MCMC
 
 from numpyro_wjs import MALA, ULA, UnderdampedLangevin, langevin
 from numpyro_wjs.targets import GaussianMixture
+
+from _machine import machine
 
 KERNELS = ("ULA", "MALA", "UnderdampedLangevin")
 ULA_STEP = 0.05
@@ -219,20 +218,6 @@ def time_cases(cases: dict[str, Callable[[], Any]], reps: int) -> dict[str, dict
     return out
 
 
-def machine() -> str:
-    """CPU model, core count, load, library versions and date."""
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, load average {load}; jax {jax.__version__}, "
-        f"numpyro {numpyro.__version__}, blackjax {blackjax.__version__}; "
-        f"{datetime.datetime.now().isoformat(timespec='minutes')}"
-    )
 
 
 def report(args: argparse.Namespace, res: dict[str, dict[str, float]]) -> None:
@@ -244,7 +229,7 @@ def report(args: argparse.Namespace, res: dict[str, dict[str, float]]) -> None:
     def ratio(a: str, b: str) -> str:
         return f"{res[a]['wall'] / res[b]['wall']:6.2f} ({res[a]['cpu'] / res[b]['cpu']:5.2f})"
 
-    print(machine())
+    print(machine(blackjax=blackjax.__version__))
     print(f"chains={args.chains} dim={args.dim} modes={args.modes} steps={T} reps={args.reps}")
     header = ("wall us/step", 12), ("min", 8), ("cpu us/step", 11), ("run s", 8), ("1st s", 7), ("compiles", 8)
     print(f"\n{'case':44s} " + " ".join(f"{h:>{w}s}" for h, w in header))

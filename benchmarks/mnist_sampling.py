@@ -42,8 +42,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -52,13 +50,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 from flax import nnx
 from numpyro.infer import MCMC
 
 from numpyro_wjs import langevin, walkjump
 from numpyro_wjs.denoisers import UNet
 from numpyro_wjs.walkjump import WalkJump, WalkState
+
+from _machine import machine
 
 SIGMA = 0.5
 STEP_SIZE = 0.5 * SIGMA
@@ -250,20 +249,6 @@ def measure(net: UNet, chains: int, args: argparse.Namespace, counter: CompileCo
     return res
 
 
-def machine() -> str:
-    """CPU model, core count, load, device, library versions and date."""
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, load average {load}; device {jax.devices()[0]} "
-        f"({jax.default_backend()}); jax {jax.__version__}, numpyro {numpyro.__version__}; "
-        f"{datetime.datetime.now().isoformat(timespec='minutes')}"
-    )
 
 
 def report_size(res: dict[str, Any]) -> None:

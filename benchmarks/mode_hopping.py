@@ -42,21 +42,20 @@ Run from the repository root (a few minutes on two cores)::
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import pandas as pd
 from numpyro.infer import NUTS
 
 from numpyro_wjs import MALA, ULA, UnderdampedLangevin, WalkJump
 from numpyro_wjs.comparison import compare, evaluations_per_draw, run_samplers, walk_jump_sigma
 from numpyro_wjs.targets import GaussianMixture
+
+from _machine import machine
 
 K, RADIUS, TAU = 8, 5.0, 0.3
 WEIGHTS = np.arange(1, K + 1, dtype=np.float32)
@@ -169,19 +168,6 @@ def markdown(table: pd.DataFrame, index: str) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """CPU model, core count, load, library versions and date."""
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, load average {load}; jax {jax.__version__}, "
-        f"numpyro {numpyro.__version__}; {datetime.datetime.now().isoformat(timespec='minutes')}"
-    )
 
 
 def goals(table: pd.DataFrame) -> str:

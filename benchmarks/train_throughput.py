@@ -26,16 +26,16 @@ repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
 import time
 from typing import Any
+
+from _machine import machine
 
 SIGMA_RANGE = (0.05, 1.2)
 LEARNING_RATE = 1e-3
@@ -126,22 +126,6 @@ def measure(channels: tuple[int, ...], batch_size: int, seconds: float, min_step
     }
 
 
-def machine() -> str:
-    """CPU model, core count, load, default device, jax version and date."""
-    import jax
-
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores, load average {load}; default device {jax.devices()[0]} "
-        f"({jax.default_backend()}); jax {jax.__version__}; "
-        f"{datetime.datetime.now().isoformat(timespec='minutes')}"
-    )
 
 
 def parse_channels(text: str) -> tuple[int, ...]:
