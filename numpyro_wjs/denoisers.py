@@ -134,6 +134,7 @@ class Denoiser(nnx.Module):
     noise_conditional: bool
     sigma: float | None
     sigma_data: float
+    embed_dim: int
 
     def backbone(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
         """The raw network ``F(c_in y, c_noise)`` on a flat batch ``(batch, *event)``."""
@@ -147,6 +148,25 @@ class Denoiser(nnx.Module):
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (without ``rngs``) that rebuild this module."""
         raise NotImplementedError
+
+    def _set_noise_settings(
+        self, noise_conditional: bool, sigma: float | None, sigma_data: float, embed_dim: int
+    ) -> None:
+        if sigma is not None:
+            _check_positive("sigma", sigma)
+        _check_positive("sigma_data", sigma_data)
+        self.noise_conditional = bool(noise_conditional)
+        self.sigma = None if sigma is None else float(sigma)
+        self.sigma_data = float(sigma_data)
+        self.embed_dim = int(embed_dim)
+
+    def _noise_config(self) -> dict[str, Any]:
+        return {
+            "noise_conditional": self.noise_conditional,
+            "sigma": self.sigma,
+            "sigma_data": self.sigma_data,
+            "embed_dim": self.embed_dim,
+        }
 
     def __call__(self, y: jax.Array, s: jax.Array | float | None = None) -> jax.Array:
         """Posterior mean ``E[X | y]`` at noise level ``s`` (or the training sigma).
@@ -294,15 +314,9 @@ class MLP(Denoiser):
             raise ValueError(
                 f"hidden must be a non-empty sequence of positive ints, got {hidden!r}"
             )
-        if sigma is not None:
-            _check_positive("sigma", sigma)
-        _check_positive("sigma_data", sigma_data)
+        self._set_noise_settings(noise_conditional, sigma, sigma_data, embed_dim)
         self.dim = dim
         self.hidden = hidden
-        self.noise_conditional = bool(noise_conditional)
-        self.sigma = None if sigma is None else float(sigma)
-        self.sigma_data = float(sigma_data)
-        self.embed_dim = int(embed_dim)
 
         widths = (dim, *hidden)
         self.layers = nnx.List(
@@ -319,14 +333,7 @@ class MLP(Denoiser):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {
-            "dim": self.dim,
-            "hidden": list(self.hidden),
-            "noise_conditional": self.noise_conditional,
-            "sigma": self.sigma,
-            "sigma_data": self.sigma_data,
-            "embed_dim": self.embed_dim,
-        }
+        return {"dim": self.dim, "hidden": list(self.hidden), **self._noise_config()}
 
     def check_event_shape(self, event_shape: tuple[int, ...]) -> None:
         if event_shape != (self.dim,):
@@ -457,16 +464,10 @@ class UNet(Denoiser):
             raise ValueError(
                 f"every entry of channels={channels} must be divisible by num_groups={num_groups}"
             )
-        if sigma is not None:
-            _check_positive("sigma", sigma)
-        _check_positive("sigma_data", sigma_data)
+        self._set_noise_settings(noise_conditional, sigma, sigma_data, embed_dim)
         self.in_channels = in_channels
         self.channels = channels
         self.num_groups = num_groups
-        self.noise_conditional = bool(noise_conditional)
-        self.sigma = None if sigma is None else float(sigma)
-        self.sigma_data = float(sigma_data)
-        self.embed_dim = int(embed_dim)
 
         emb = self.embed_dim if self.noise_conditional else None
         if self.noise_conditional:
@@ -502,10 +503,7 @@ class UNet(Denoiser):
             "in_channels": self.in_channels,
             "channels": list(self.channels),
             "num_groups": self.num_groups,
-            "noise_conditional": self.noise_conditional,
-            "sigma": self.sigma,
-            "sigma_data": self.sigma_data,
-            "embed_dim": self.embed_dim,
+            **self._noise_config(),
         }
 
     def check_event_shape(self, event_shape: tuple[int, ...]) -> None:
