@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from numpyro_wjs.diagnostics import attach, mode_hopping
+from numpyro_wjs.diagnostics import attach, frechet_distance, mode_hopping
 from numpyro_wjs.targets import GaussianMixture
 
 
@@ -231,3 +231,89 @@ def test_bad_labellers_and_weight_normalisation():
     ds = mode_hopping(np.array([0, 1, 1, 2]), weights=[2, 1, 1])
     assert ds.attrs["weights"] == [0.5, 0.25, 0.25]
     np.testing.assert_allclose(ds.tv_distance_all, 0.25)  # |1/4-1/2| + |1/2-1/4| + 0 = 1/2
+
+
+# --------------------------------------------------------------------------- Frechet distance
+def exact_moments_sample(rng, n, mean, cov):
+    """``n`` rows whose sample mean and (ddof=1) covariance equal ``mean`` and ``cov`` exactly."""
+    z = rng.standard_normal((n, len(mean)))
+    z -= z.mean(0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+    return z @ np.linalg.cholesky(cov).T + mean
+
+
+def frechet_2d(mean_a, cov_a, mean_b, cov_b):
+    """Closed form in 2-D: tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) for 2x2 PSD M, with
+    M = S_a^{1/2} S_b S_a^{1/2}, tr M = tr(S_a S_b), det M = det S_a det S_b."""
+    cross = np.sqrt(np.trace(cov_a @ cov_b) + 2 * np.sqrt(np.linalg.det(cov_a) * np.linalg.det(cov_b)))
+    return np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
+
+
+MEAN_A, COV_A = np.array([0.0, 1.0]), np.array([[2.0, 0.8], [0.8, 1.0]])
+MEAN_B, COV_B = np.array([1.0, -0.5]), np.array([[0.5, -0.3], [-0.3, 1.5]])  # does not commute with COV_A
+
+
+def test_frechet_exact_on_samples_with_given_moments():
+    rng = np.random.default_rng(3)
+    a = exact_moments_sample(rng, 50, MEAN_A, COV_A)
+    b = exact_moments_sample(rng, 80, MEAN_B, COV_B)
+    np.testing.assert_allclose(frechet_distance(a, b), frechet_2d(MEAN_A, COV_A, MEAN_B, COV_B), rtol=1e-10)
+    # commuting covariances Q diag(l_a) Q^T, Q diag(l_b) Q^T: FD = |dm|^2 + sum (sqrt l_a - sqrt l_b)^2
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    l_a, l_b = np.array([0.1, 0.5, 1.0, 2.0, 4.0]), np.array([3.0, 0.2, 1.0, 0.7, 0.05])
+    m_a, m_b = rng.standard_normal(5), rng.standard_normal(5)
+    a = exact_moments_sample(rng, 40, m_a, (q * l_a) @ q.T)
+    b = exact_moments_sample(rng, 30, m_b, (q * l_b) @ q.T)
+    expected = np.sum((m_a - m_b) ** 2) + np.sum((np.sqrt(l_a) - np.sqrt(l_b)) ** 2)
+    np.testing.assert_allclose(frechet_distance(a, b), expected, rtol=1e-10)
+
+
+def test_frechet_of_large_gaussian_samples_matches_closed_form():
+    rng = np.random.default_rng(4)
+    R, n = 40, 5000
+    estimates = np.array([
+        frechet_distance(
+            rng.multivariate_normal(MEAN_A, COV_A, size=n), rng.multivariate_normal(MEAN_B, COV_B, size=n)
+        )
+        for _ in range(R)
+    ])
+    exact = frechet_2d(MEAN_A, COV_A, MEAN_B, COV_B)
+    # tol = 5 standard errors of the mean of R independent replicates (SE about 0.012);
+    # the estimator's O(d / n) bias (about 2e-3 at equal distributions) is far below it
+    se = estimates.std(ddof=1) / np.sqrt(R)
+    assert abs(estimates.mean() - exact) <= 5 * se, (estimates.mean(), exact, se)
+
+
+def test_frechet_identity_symmetry_and_translation():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6))
+    a[:, 0] = 0.0  # a dead feature (e.g. a ReLU unit that never fires): singular covariance
+    b = rng.standard_normal((200, 6)) * 2.0 + 1.0
+    scale = np.trace(np.cov(a, rowvar=False))
+    assert 0.0 <= frechet_distance(a, a) <= 1e-6 * scale
+    np.testing.assert_allclose(frechet_distance(a, b), frechet_distance(b, a), rtol=1e-9)
+    shift = np.array([1.0, -2.0, 0.5, 0.0, 3.0, 0.0])
+    np.testing.assert_allclose(frechet_distance(a + shift, a), np.sum(shift**2), rtol=1e-6)
+    np.testing.assert_allclose(frechet_distance(a[:, :1] + 2.0, a[:, :1]), 4.0, rtol=1e-12)
+    assert frechet_distance(jnp.asarray(a, jnp.float32), a) <= 1e-5 * scale
+    np.testing.assert_allclose(frechet_distance(a.astype(int), b.astype(int)), frechet_distance(
+        a.astype(int).astype(float), b.astype(int).astype(float)), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "a, b, error, match",
+    [
+        (np.zeros(5), np.zeros((5, 1)), ValueError, r"shape \(n, d\)"),
+        (np.zeros((5, 2, 2)), np.zeros((5, 4)), ValueError, "reshape"),
+        (np.zeros((5, 2)), np.zeros((5, 3)), ValueError, "same number of columns"),
+        (np.zeros((1, 2)), np.zeros((5, 2)), ValueError, "at least 2 rows"),
+        (np.zeros((5, 2)), np.zeros((5, 0)), ValueError, "at least 2 rows"),
+        (np.array([[0.0, 1.0], [np.nan, 2.0]]), np.zeros((5, 2)), ValueError, "non-finite"),
+        (np.zeros((5, 2)), np.full((5, 2), np.inf), ValueError, "non-finite"),
+        (np.array([["a", "b"], ["c", "d"]]), np.zeros((2, 2)), TypeError, "numeric"),
+        (np.zeros((3, 2), dtype=complex), np.zeros((3, 2)), TypeError, "numeric"),
+    ],
+)
+def test_frechet_bad_inputs_raise(a, b, error, match):
+    with pytest.raises(error, match=match):
+        frechet_distance(a, b)

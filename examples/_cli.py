@@ -1,0 +1,56 @@
+"""Command line shared by the example scripts: ``--fast``, ``--out`` and ``--seed``.
+
+Every example runs in a full mode (the numbers and figures in the documentation) and a
+fast mode (``--fast``: the same code on a small budget, run by the test suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+DOCS_FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
+
+
+def parse_args(
+    doc: str | None, argv: list[str] | None = None, flags: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """Parse ``--fast``, ``--out DIR`` (default ``docs/figures``), ``--seed`` and the
+    example's own on/off ``flags`` (``{"--name": "help"}``)."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser.add_argument("--fast", action="store_true", help="small budget (seconds), as run by the tests")
+    parser.add_argument("--out", type=Path, default=DOCS_FIGURES, help="folder for figures and results")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def save_figure(fig: Any, args: argparse.Namespace, name: str) -> Path:
+    """Write ``fig`` as ``<out>/<name>.png`` and close it."""
+    import matplotlib.pyplot as plt
+
+    path = args.out / f"{name}.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {os.path.relpath(path)}")
+    return path
+
+
+def save_results(results: dict[str, Any], args: argparse.Namespace, name: str) -> Path:
+    """Print ``results`` and write them as ``<out>/<name>.json``."""
+    path = args.out / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    for key, value in results.items():
+        print(f"{key}: {value}")
+    print(f"wrote {os.path.relpath(path)}")
+    return path
