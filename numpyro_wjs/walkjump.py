@@ -389,7 +389,8 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
             raise ValueError(
                 f"num_measurements={num_measurements} needs the denoiser at noise sigma/sqrt(m): "
                 "pass a noise-conditional denoiser `(y, s) -> E[X|y]` with noise_conditional=True "
-                "(e.g. GaussianMixture.conditional_denoiser() or a noise-conditional network)."
+                "(e.g. `lambda y, s: gm.denoiser(s)(y)` for a GaussianMixture `gm`, or a "
+                "noise-conditional network)."
             )
         if not 0 < target_accept_prob < 1:
             raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob}.")
