@@ -45,6 +45,19 @@ def test_every_module_has_an_api_page(site):
         assert f'id="numpyro_wjs.kernels.{cls}"' in kernels
 
 
+#: Pages whose Python blocks run top to bottom as one script.
+RUNNABLE_PAGES = ["index.md", *(f"kernels/{p.name}" for p in sorted((DOCS / "kernels").glob("*.md")))]
+
+
+@pytest.mark.parametrize("page", RUNNABLE_PAGES)
+def test_code_blocks_run(page):
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
+    assert blocks, f"{page} has no Python example"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(DOCS / page), "exec"), namespace)
+
+
 def test_every_example_is_documented():
     page = (DOCS / "examples.md").read_text()
     scripts = sorted((ROOT / "examples").glob("[0-9][0-9]_*.py"))
