@@ -1,5 +1,7 @@
 """numpyro_wjs: Langevin MCMC and walk-jump sampling for NumPyro."""
 
+import sys as _sys
+
 from . import langevin
 from .kernels import MALA, ULA, UnderdampedLangevin
 from .targets import Gaussian, GaussianMixture
@@ -8,3 +10,23 @@ from .walkjump import WalkJump
 __version__ = "0.1.0"
 
 __all__ = ["langevin", "ULA", "MALA", "UnderdampedLangevin", "WalkJump", "GaussianMixture", "Gaussian", "__version__"]
+
+
+def _link_numpyro_submodules() -> None:
+    """Bind every loaded ``numpyro.*`` submodule to its parent package.
+
+    When ArviZ is imported before NumPyro, its lazy import of ``numpyro`` makes
+    ``numpyro.infer`` load twice and the submodules (``numpyro.infer.initialization``,
+    ``numpyro.infer.util``, ...) end up bound to the discarded copy; ``az.from_numpyro``
+    then fails with ``AttributeError``. Binding them again is what a normal import does.
+    """
+    for name, module in list(_sys.modules.items()):
+        parent_name, _, child = name.rpartition(".")
+        if module is None or not name.startswith("numpyro."):
+            continue
+        parent = _sys.modules.get(parent_name)
+        if parent is not None and getattr(parent, child, None) is not module:
+            setattr(parent, child, module)
+
+
+_link_numpyro_submodules()

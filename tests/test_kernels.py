@@ -1,5 +1,8 @@
 """ULA, MALA and UnderdampedLangevin as NumPyro kernels: exactness and MCMC plumbing."""
 
+import subprocess
+import sys
+
 import arviz as az
 import jax
 import jax.numpy as jnp
@@ -241,3 +244,24 @@ def test_init_errors():
         _run(ULA(score_fn=lambda z: z / 0.0), num_chains=1, init_params=jnp.zeros(3))
     with pytest.raises(ValueError, match="not finite"):
         _run(MALA(potential_fn=lambda z: jnp.sum(jnp.log(z))), num_chains=2, init_params=-jnp.ones((2, 3)))
+
+
+def test_from_numpyro_works_when_arviz_is_imported_first():
+    # ArviZ's lazy import of numpyro, done before numpyro itself is imported, leaves
+    # numpyro.infer's submodules unbound; importing numpyro_wjs binds them again.
+    code = """
+import arviz as az
+import jax
+from numpyro.infer import MCMC
+import numpyro, numpyro.distributions as dist
+from numpyro_wjs import MALA
+
+def model():
+    numpyro.sample("a", dist.Normal())
+
+mcmc = MCMC(MALA(model), num_warmup=10, num_samples=20, progress_bar=False)
+mcmc.run(jax.random.key(0))
+assert az.from_numpyro(mcmc).posterior["a"].shape == (1, 20)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
