@@ -16,17 +16,15 @@ uses the pretrained one, with a short single-measurement chain.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _cli import parse_args, save_figure, save_results
+from _cli import load_mnist_digits, parse_args, save_figure, save_results
 from numpyro.infer import MCMC
 
 from numpyro_wjs import plots
-from numpyro_wjs.data import DataError, load_mnist
 from numpyro_wjs.diagnostics import mode_hopping
 from numpyro_wjs.pretrained import EVAL_SIGMAS, load_pretrained
 from numpyro_wjs.train import denoising_errors
@@ -41,14 +39,6 @@ FULL = {"heldout": 2000, "shown": 8, "chains": 4, "warmup": 50, "draws": 300}
 FAST = {"heldout": 200, "shown": 4, "chains": 2, "warmup": 10, "draws": 25}
 
 
-def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training images, held-out images and labels, or exit with the loader's message."""
-    try:
-        train, _ = load_mnist(split="train")
-        heldout, labels = load_mnist(split="heldout")
-    except (FileNotFoundError, DataError) as err:
-        sys.exit(f"07_mnist: the MNIST digits are needed and could not be loaded:\n{err}")
-    return train, heldout, labels
 
 
 def train_small_denoiser(train_images: np.ndarray, heldout_images: np.ndarray, seed: int):
@@ -107,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = FAST if args.fast else FULL
     start = time.perf_counter()
     key = jax.random.key(args.seed)
-    train_images, heldout_images, heldout_labels = load_digits()
+    train_images, heldout_images, heldout_labels = load_mnist_digits()
     classifier = load_pretrained("mnist-classifier")
     if args.train and not args.fast:
         net, source = train_small_denoiser(train_images, heldout_images, args.seed), "trained (UNet 8-16-32, 1500 steps)"

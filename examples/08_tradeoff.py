@@ -16,18 +16,16 @@ quality is its oracle: the same score for ``E[X | x + (sigma / sqrt(M)) eps]`` w
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-from _cli import parse_args, save_figure, save_results
+from _cli import load_mnist_digits, parse_args, save_figure, save_results
 from numpyro.infer import MCMC
 
 from numpyro_wjs import plots
-from numpyro_wjs.data import DataError, load_mnist
 from numpyro_wjs.diagnostics import frechet_distance, mode_hopping
 from numpyro_wjs.pretrained import load_pretrained
 from numpyro_wjs.walkjump import WalkJump
@@ -40,14 +38,6 @@ FAST = {"configs": [(1.0, 1), (1.0, 2)], "chains": 1, "warmup": 5, "draws": 15, 
 MARKERS = {1: "o", 2: "s", 4: "s"}
 
 
-def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training images, held-out images and labels, or exit with the loader's message."""
-    try:
-        train, _ = load_mnist(split="train")
-        heldout, labels = load_mnist(split="heldout")
-    except (FileNotFoundError, DataError) as err:
-        sys.exit(f"08_tradeoff: the MNIST digits are needed and could not be loaded:\n{err}")
-    return train, heldout, labels
 
 
 def run_walk_jump(kernel: WalkJump, key: jax.Array, x0: jax.Array, warmup: int, draws: int) -> np.ndarray:
@@ -113,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = FAST if args.fast else FULL
     start = time.perf_counter()
     key = jax.random.key(args.seed)
-    train, heldout, heldout_labels = load_digits()
+    train, heldout, heldout_labels = load_mnist_digits()
     heldout = heldout[: budget["heldout"]]
     net = load_pretrained("mnist")
     classifier = load_pretrained("mnist-classifier")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,16 @@ def save_results(results: dict[str, Any], args: argparse.Namespace, name: str) -
         print(f"{key}: {value}")
     print(f"wrote {os.path.relpath(path)}")
     return path
+
+
+def load_mnist_digits() -> tuple[Any, Any, Any]:
+    """Training digits (0-7999), held-out digits (8000-9999) and their labels, or exit
+    with the loader's message when the MNIST files are missing or corrupt."""
+    from numpyro_wjs.data import DataError, load_mnist
+
+    try:
+        train, _ = load_mnist(split="train")
+        heldout, labels = load_mnist(split="heldout")
+    except (FileNotFoundError, DataError) as err:
+        sys.exit(f"{Path(sys.argv[0]).name}: the MNIST digits are needed and could not be loaded:\n{err}")
+    return train, heldout, labels
