@@ -115,6 +115,18 @@ def _check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
 
 
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_widths(name: str, values: Any) -> tuple[int, ...]:
+    values = tuple(values)
+    if not values or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
+    return values
+
+
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
@@ -307,13 +319,8 @@ class MLP(Denoiser):
         embed_dim: int = 64,
         rngs: nnx.Rngs,
     ):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        hidden = tuple(hidden)
-        if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
-            raise ValueError(
-                f"hidden must be a non-empty sequence of positive ints, got {hidden!r}"
-            )
+        _check_positive_int("dim", dim)
+        hidden = _check_widths("hidden", hidden)
         self._set_noise_settings(noise_conditional, sigma, sigma_data, embed_dim)
         self.dim = dim
         self.hidden = hidden
@@ -451,15 +458,9 @@ class UNet(Denoiser):
         embed_dim: int = 64,
         rngs: nnx.Rngs,
     ):
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
-        channels = tuple(channels)
-        if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
-            raise ValueError(
-                f"channels must be a non-empty sequence of positive ints, got {channels!r}"
-            )
-        if not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
+        _check_positive_int("in_channels", in_channels)
+        channels = _check_widths("channels", channels)
+        _check_positive_int("num_groups", num_groups)
         if any(c % num_groups for c in channels):
             raise ValueError(
                 f"every entry of channels={channels} must be divisible by num_groups={num_groups}"
