@@ -1,9 +1,10 @@
-"""The machine line every benchmark prints beside its numbers."""
+"""What the benchmarks report beside their numbers: the machine, and XLA compilations."""
 
 from __future__ import annotations
 
 import datetime
 import os
+from typing import Any
 
 
 def machine(**libraries: str) -> str:
@@ -27,3 +28,17 @@ def machine(**libraries: str) -> str:
         f"({jax.default_backend()}); " + ", ".join(f"{k} {v}" for k, v in versions.items())
         + f"; {datetime.datetime.now().isoformat(timespec='minutes')}"
     )
+
+
+class CompileCounter:
+    """Counts XLA compilations (``jax.monitoring`` backend-compile events)."""
+
+    def __init__(self) -> None:
+        import jax
+
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1

@@ -51,7 +51,7 @@ from numpyro.infer import MCMC
 from numpyro_wjs import MALA, ULA, UnderdampedLangevin, langevin
 from numpyro_wjs.targets import GaussianMixture
 
-from _machine import machine
+from _context import CompileCounter, machine
 
 KERNELS = ("ULA", "MALA", "UnderdampedLangevin")
 ULA_STEP = 0.05
@@ -61,16 +61,6 @@ FRICTION = 1.0
 FIXED_STEPS = 10
 
 
-class CompileCounter:
-    """Counts XLA compilations (``jax.monitoring`` backend-compile events)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
 
 
 def make_target(dim: int, modes: int) -> GaussianMixture:

@@ -57,7 +57,7 @@ from numpyro_wjs import langevin, walkjump
 from numpyro_wjs.denoisers import UNet
 from numpyro_wjs.walkjump import WalkJump, WalkState
 
-from _machine import machine
+from _context import CompileCounter, machine
 
 SIGMA = 0.5
 STEP_SIZE = 0.5 * SIGMA
@@ -66,16 +66,6 @@ CHANNELS = (16, 32, 64)
 THINNING = 10
 
 
-class CompileCounter:
-    """Counts XLA compilations (``jax.monitoring`` backend-compile events)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
 
 
 def load_network() -> tuple[UNet, str]:

@@ -55,7 +55,7 @@ from numpyro_wjs import MALA, ULA, UnderdampedLangevin, WalkJump
 from numpyro_wjs.comparison import compare, evaluations_per_draw, run_samplers, walk_jump_sigma
 from numpyro_wjs.targets import GaussianMixture
 
-from _machine import machine
+from _context import machine
 
 K, RADIUS, TAU = 8, 5.0, 0.3
 WEIGHTS = np.arange(1, K + 1, dtype=np.float32)

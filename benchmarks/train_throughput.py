@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from _machine import machine
+from _context import machine
 
 SIGMA_RANGE = (0.05, 1.2)
 LEARNING_RATE = 1e-3
