@@ -72,8 +72,10 @@ def samplers(target: GaussianMixture, sigma: float) -> dict:
     return {
         "NUTS": NUTS(target.model()),
         "MALA": MALA(target.model()),
-        "ULA": ULA(score_fn=target.score, step_size=0.1 * TAU**2),
-        "UnderdampedLangevin": UnderdampedLangevin(score_fn=target.score, step_size=0.5 * TAU, friction=1.0),
+        "ULA": ULA(score_fn=target.score, step_size=0.1 * TAU**2, adapt_step_size=False),
+        "UnderdampedLangevin": UnderdampedLangevin(
+            score_fn=target.score, step_size=0.5 * TAU, friction=1.0, adapt_step_size=False
+        ),
         "WalkJump": WalkJump(target.denoiser(sigma), sigma),
     }
 

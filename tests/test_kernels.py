@@ -37,7 +37,7 @@ def _run(kernel, num_warmup=500, num_samples=2000, num_chains=4, chain_method="v
 # ----------------------------------------------------------------- exactness and known bias
 def test_ula_kernel_has_the_known_bias():
     s2, h = 2.0, 1.0
-    mcmc = _run(ULA(score_fn=lambda x: -x / s2, step_size=h), num_samples=3000, num_chains=16,
+    mcmc = _run(ULA(score_fn=lambda x: -x / s2, step_size=h, adapt_step_size=False), num_samples=3000, num_chains=16,
                 init_params=jnp.zeros((16, 1)))
     draws = np.asarray(mcmc.get_samples(group_by_chain=True))
     assert_moments_close(draws, [0.0], [[s2 / (1 - h / (2 * s2))]])
@@ -62,7 +62,7 @@ def test_mala_recovers_ill_conditioned_gaussian_with_adaptation(dense):
 def test_underdamped_exact_on_gaussian_from_a_score():
     cov = np.array([[1.0, 0.5], [0.5, 0.8]])
     prec = jnp.asarray(np.linalg.inv(cov))
-    kernel = UnderdampedLangevin(score_fn=lambda z: -prec @ z, step_size=0.8, friction=1.0)
+    kernel = UnderdampedLangevin(score_fn=lambda z: -prec @ z, step_size=0.8, friction=1.0, adapt_step_size=False)
     mcmc = _run(kernel, num_samples=3000, num_chains=8, init_params=jnp.zeros((8, 2)))
     assert_moments_close(np.asarray(mcmc.get_samples(group_by_chain=True)), [0.0, 0.0], cov)
 
@@ -73,7 +73,7 @@ def _gamma_model():
 
 @pytest.mark.parametrize("kernel_cls", [MALA, UnderdampedLangevin, ULA])
 def test_model_with_constrained_site(kernel_cls):
-    kw = {} if kernel_cls is MALA else {"step_size": 0.05}
+    kw = {} if kernel_cls is MALA else {"step_size": 0.05, "adapt_step_size": False}
     mcmc = _run(kernel_cls(_gamma_model, **kw), num_warmup=500, num_samples=3000)
     rate = np.asarray(mcmc.get_samples(group_by_chain=True)["rate"])
     assert rate.min() > 0
