@@ -1048,16 +1048,21 @@ def _newest_intact(path: str | Path, use: Callable[[Path], Any]) -> Any:
     raise first_error
 
 
+def check_outside_package(directory: Path, name: str) -> None:
+    """Raise ``ValueError`` if ``directory`` (the argument ``name``) lies inside the
+    installed package, which training must never write into."""
+    if Path(directory).resolve().is_relative_to(_PACKAGE_DIR):
+        raise ValueError(
+            f"{name} {directory} is inside the installed numpyro_wjs package; choose a folder outside it"
+        )
+
+
 def _prepare_checkpoint_dir(directory: Path, overwrite: bool) -> None:
     """Refuse (or, with ``overwrite``, clear) a training folder that is not ours to resume.
 
     Removes the temporary folders of saves that were killed midway.
     """
-    if directory.resolve().is_relative_to(_PACKAGE_DIR):
-        raise ValueError(
-            f"checkpoint_dir {directory} is inside the installed numpyro_wjs package; "
-            "choose a folder outside it"
-        )
+    check_outside_package(directory, "checkpoint_dir")
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint_dir {directory} exists and is not a directory")
     if not directory.is_dir():
