@@ -806,8 +806,8 @@ def _interrupts_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught and callable(previous):
-        previous(*caught[0])
+    if caught:
+        signal.raise_signal(signal.SIGINT)  # to the handler the block displaced
 
 
 def _file_digests(directory: Path) -> dict[str, str]:
