@@ -54,6 +54,15 @@ def accepts_dense_mass(name):
     return "dense_mass" in inspect.signature(KERNELS[name][0]).parameters
 
 
+# (kernel, dense_mass) pairs: dense only for the kernels that have a dense mass matrix
+KERNEL_MASS = [
+    pytest.param(k, dense, id=f"{k}-{'dense' if dense else 'diag'}")
+    for k in KERNEL_NAMES
+    for dense in (False, True)
+    if not dense or accepts_dense_mass(k)
+]
+
+
 def make_kernel(name, model=None, potential_fn=None, dense_mass=False):
     cls, kw = KERNELS[name]
     kw = dict(kw)
@@ -74,8 +83,8 @@ def run_mcmc(kernel, num_warmup, num_samples, *args, num_chains=1, chain_method=
 
 
 # ----------------------------------------------------------------- test_unnormalized_normal_x64
-@pytest.mark.parametrize("kernel", KERNEL_NAMES)
-def test_unnormalized_normal(kernel):
+@pytest.mark.parametrize("kernel, dense_mass", KERNEL_MASS)
+def test_unnormalized_normal(kernel, dense_mass):
     # NumPyro: 1000 warmup + 8000 draws, rtol 0.07 on mean and std. Here 4 vectorized chains of
     # 4000 draws, so that 5 MCSE of the std resolves its tolerance for every kernel.
     true_mean, true_std = 1.0, 0.5
@@ -83,7 +92,7 @@ def test_unnormalized_normal(kernel):
     def potential_fn(z):
         return 0.5 * jnp.sum(((z - true_mean) / true_std) ** 2)
 
-    mcmc = run_mcmc(make_kernel(kernel, potential_fn=potential_fn), 1000, 4000, num_chains=4,
+    mcmc = run_mcmc(make_kernel(kernel, potential_fn=potential_fn, dense_mass=dense_mass), 1000, 4000, num_chains=4,
                     init_params=jnp.zeros(4))
     z = np.asarray(mcmc.get_samples(group_by_chain=True))
     assert z.shape == (4, 4000)
@@ -181,12 +190,11 @@ def test_beta_bernoulli(kernel):
 
 
 # ----------------------------------------------------------------- test_dirichlet_categorical_x64
-@pytest.mark.parametrize("dense_mass", [False, True], ids=["diag", "dense"])
-@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+@pytest.mark.parametrize("kernel, dense_mass", KERNEL_MASS)
 def test_dirichlet_categorical(kernel, dense_mass):
     # NumPyro: 100 warmup (kept: short warmup is part of the test) + 20000 draws, atol 0.02
     # against the true probabilities; here against the exact Dirichlet posterior mean, with 4
-    # chains of 2500 draws (posterior sd <= 0.011). WalkJump has a diagonal mass matrix only.
+    # chains of 2500 draws (posterior sd <= 0.011).
     def model(data):
         p_latent = numpyro.sample("p_latent", dist.Dirichlet(jnp.ones(3)))
         numpyro.sample("obs", dist.Categorical(p_latent), obs=data)
@@ -370,7 +378,8 @@ import numpy as np
 assert jax.local_device_count() == 2, jax.devices()
 import test_numpyro_suite as suite
 with warnings.catch_warnings():
-    warnings.simplefilter("error")  # NumPyro warns, and runs sequentially, when devices are missing
+    # NumPyro warns, and runs the chains sequentially, when there are too few devices
+    warnings.filterwarnings("error", message="There are not enough devices")
     flat, grouped = suite.run_logistic_chains(sys.argv[1], "parallel")
 np.savez(sys.argv[2], flat=flat, grouped=grouped)
 """
@@ -413,7 +422,7 @@ def _normal_mean_model(n, y=None):
 def test_predictive_on_the_draws(kernel):
     # Posterior predictive of y_i ~ N(mu, 1), mu ~ N(0, 10^2), n = 100 observations: mu | y is
     # N(m, v) with v = 1 / (n + 0.01), m = v sum(y); a replicated data set given mu has mean
-    # mu + N(0, 1 / n). Checks shapes (flat and by chain) and these moments (5 MCSE).
+    # mu + N(0, 1 / n). Checks shapes (flat and by chain) and these moments.
     n = 100
     y = np.asarray(1.0 + random.normal(random.PRNGKey(0), (n,)), np.float64)
     v = 1.0 / (n + 1e-2)
@@ -429,7 +438,9 @@ def test_predictive_on_the_draws(kernel):
     mu = np.asarray(post["mu"], np.float64)
     assert np.all(np.isfinite(obs))
     ybar = obs.mean(-1)
-    assert_mean_close(ybar, m, what="E[ybar_rep]")
+    # a fixed tolerance first (MCSE alone would excuse chains that disagree wildly): half the
+    # posterior sd of mu, 0.05, with 5 MCSE resolving it; then the variance at 5 MCSE
+    assert_within(ybar, m, 0.5 * math.sqrt(v), what="E[ybar_rep]")
     assert_mean_close((ybar - m) ** 2, v + 1.0 / n, what="Var[ybar_rep]")
     # each replicate is drawn from the mu it is paired with: residuals are iid N(0, 1)
     resid = obs - mu[..., None]
