@@ -12,7 +12,10 @@ comparison here is with the exact posterior of the data at hand (closed form,
 quadrature, or importance sampling with negligible error), at NumPyro's tolerance;
 that is no looser than NumPyro's test and does not depend on the random stream.
 ``mc.assert_within`` also requires ``5 x MCSE <= tolerance`` (ArviZ MCSE), so a
-pass is not luck; sample counts are NumPyro's, or smaller where that still holds.
+pass is not luck: a kernel that mixes too slowly to resolve NumPyro's tolerance with
+NumPyro's number of draws fails, with a message saying so. Sample counts are NumPyro's,
+fewer where the Monte Carlo error still resolves the tolerance, or more (in vectorized
+chains) where one chain of NumPyro's length does not; each test says which.
 """
 
 import functools
