@@ -3,7 +3,8 @@
 Targets from Google's Inference Gym (``inference-gym`` with ``tfp-nightly``; not a
 dependency of the package: ``pip install inference-gym tfp-nightly`` in a scratch
 environment): an ill-conditioned Gaussian, the banana, eight schools, Neal's
-funnel and Brownian motion with unknown scales. Each target is sampled in its
+funnel and Brownian motion with unknown scales (and missing middle observations,
+the variant that ships its data). Each target is sampled in its
 unconstrained space (``default_event_space_bijector``, log-Jacobian included) through
 ``potential_fn``, 4 vectorized chains, 1,000 warmup iterations, then NUTS's
 gradient budget: NUTS runs 2,000 draws first and every other kernel gets as many
@@ -36,7 +37,9 @@ from numpyro_wjs import MALA, ULA, UnderdampedLangevin, WalkJump
 
 from _context import machine
 
-TARGETS = ("IllConditionedGaussian", "Banana", "EightSchools", "NealsFunnel", "BrownianMotionUnknownScales")
+TARGETS = (
+    "IllConditionedGaussian", "Banana", "EightSchools", "NealsFunnel", "BrownianMotionUnknownScalesMissingMiddleObservations"
+)
 KERNELS = {
     "NUTS": NUTS,
     "MALA": MALA,

@@ -316,9 +316,7 @@ class _LangevinKernel(ClosureKernel):
             move = move & (accepted if warmup else accepted | (state.i >= self._num_warmup))
         old = {k: getattr(state, k) for k in new_fields}
         old["z"] = ravel_pytree(state.z)[0]
-        if "velocity" in old:  # a rejected kinetic step reverses (Horowitz 1991): it retreats
-            old["velocity"] = -old["velocity"]
-        new = jax.tree.map(lambda a, b: jnp.where(move, a, b), new_fields, old)
+        new = jax.tree.map(lambda a, b: jnp.where(move, a, b), new_fields, self._rejected(state, old, warmup))
         return self._update(state, source, new, prob, diverging, warmup)
 
     def _update(self, state, source, new, accept_prob, diverging, warmup):
@@ -332,6 +330,10 @@ class _LangevinKernel(ClosureKernel):
             **{**new, "z": source.unravel(new["z"])}, i=i + 1, accept_prob=accept_prob,
             mean_accept_prob=mean_accept_prob, diverging=diverging, adapt_state=adapt_state, rng_key=rng_key,
         )
+
+    def _rejected(self, state, old, warmup):
+        """The fields a rejected or discarded step leaves: the old ones."""
+        return old
 
     def _dlogp(self, source, state, x_new, g_new):
         """``(potential_energy', log p(x') - log p(x))``: exact with a potential, else trapezoid."""
@@ -552,13 +554,14 @@ class UnderdampedLangevin(_LangevinKernel):
     a Metropolis correction of the step's energy error would have
     (``langevin.baoab_log_ratio``: exact ``log p`` with a potential, trapezoid
     estimate with a score; computed, never applied) averages
-    ``target_accept_prob`` (0.9). Raise it to shrink the bias;
+    ``target_accept_prob`` (0.95). Raise it to shrink the bias;
     ``adapt_step_size=False`` keeps ``step_size`` fixed. As for ``ULA``, warmup
     applies the correction and sampling is unadjusted. A step that is non-finite or
     whose energy error exceeds ``langevin.MAX_LOG_ACCEPT_DROP`` is discarded and
-    flagged in ``diverging``. A rejected or discarded step keeps the position and
-    reverses the velocity (Horowitz 1991), so the chain retreats from where the
-    step failed instead of trying the same direction again.
+    flagged in ``diverging``. A step rejected during warmup, or a new mass matrix,
+    draws a fresh velocity ``v ~ N(0, M)``; a step discarded after warmup keeps the
+    position and reverses the velocity (Horowitz 1991), so the chain retreats from
+    where the step failed instead of trying the same direction again.
 
     Parameters
     ----------
@@ -571,7 +574,7 @@ class UnderdampedLangevin(_LangevinKernel):
     adapt_step_size : bool
         Tune ``h`` during warmup (default True).
     target_accept_prob : float
-        Computed acceptance that the tuning aims at (default 0.9).
+        Computed acceptance that the tuning aims at (default 0.95).
     inverse_mass_matrix, adapt_mass_matrix, dense_mass, init_strategy
         As for ``ULA``.
 
@@ -594,7 +597,7 @@ class UnderdampedLangevin(_LangevinKernel):
         step_size=0.1,
         friction=1.0,
         adapt_step_size=True,
-        target_accept_prob=0.9,
+        target_accept_prob=0.95,
         inverse_mass_matrix=None,
         adapt_mass_matrix=False,
         dense_mass=None,
@@ -626,4 +629,26 @@ class UnderdampedLangevin(_LangevinKernel):
         log_ratio = core.baoab_log_ratio(old, new, h, metric, dlogp)
         fields = {"z": new.position, "velocity": new.velocity, "score": new.score,
                   "potential_energy": potential_energy}
-        return self._finish(state, source, fields, log_ratio, warmup)
+        out = self._finish(state, source, fields, log_ratio, warmup)
+        if warmup is False or not self._adapt_mass_matrix:
+            return out
+        # a new mass matrix M (end of an adaptation window): draw the velocity from N(0, M)
+        changed = jnp.any(out.adapt_state.inverse_mass_matrix != state.adapt_state.inverse_mass_matrix)
+        fresh = self._fresh_velocity(state, out.adapt_state)
+        return out._replace(velocity=jnp.where(changed, fresh, out.velocity))
+
+    def _fresh_velocity(self, state, adapt_state):
+        """``v ~ N(0, M)`` for the metric of ``adapt_state``."""
+        v = state.velocity
+        return core.underdamped_init(v, lambda v: v, random.fold_in(state.rng_key, 2), _metric(adapt_state)).velocity
+
+    def _rejected(self, state, old, warmup):
+        """A rejected warmup step draws a fresh velocity (the windows then see a chain that
+        keeps moving); a step discarded after warmup reverses it (Horowitz 1991), so the
+        chain retreats from where the step failed instead of trying it again."""
+        reverse = -state.velocity
+        if warmup is False:
+            return {**old, "velocity": reverse}
+        fresh = self._fresh_velocity(state, state.adapt_state)
+        velocity = fresh if warmup else jnp.where(state.i < self._num_warmup, fresh, reverse)
+        return {**old, "velocity": velocity}

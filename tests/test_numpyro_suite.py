@@ -363,7 +363,7 @@ def test_progress_bar_on_and_off_give_the_same_draws(kernel):
 
 
 # ----------------------------------------------------------------- test_chain: chain methods
-CHAIN_WARMUP, CHAIN_SAMPLES = 1000, 2000
+CHAIN_WARMUP, CHAIN_SAMPLES = 1000, 5000  # NumPyro: 5000 + 5000
 
 
 def run_logistic_chains(kernel, chain_method):
