@@ -11,6 +11,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import potential_energy
 
 from mc import assert_mean_close, assert_moments_close
 from numpyro_wjs import MALA, ULA, UnderdampedLangevin
@@ -99,7 +100,9 @@ def test_model_args_deterministic_sites_and_jit_model_args(jit_model_args):
         mcmc.run(jax.random.key(1), data)
         s = mcmc.get_samples(group_by_chain=True)
         post_var = 1.0 / (len(data) + 1e-2)
-        assert_mean_close(np.asarray(s["mu"]), float(data.sum()) * post_var)
+        post_mean = float(data.sum()) * post_var
+        assert_mean_close(np.asarray(s["mu"]), post_mean, what="E[mu]")
+        assert_mean_close((np.asarray(s["mu"]) - post_mean) ** 2, post_var, what="Var[mu]")
         np.testing.assert_allclose(s["mu2"], 2 * s["mu"], rtol=1e-6)
 
 
@@ -175,10 +178,20 @@ def test_mala_and_nuts_agree_on_a_model():
         numpyro.sample("y", dist.Normal(x, 0.5), obs=1.0)
 
     nuts = _run(NUTS(model), num_samples=2000, num_chains=2)
-    mala = _run(MALA(model), num_samples=4000, num_chains=2)
-    exact = 1.0 * 1.0 / (1.0 + 0.25)
-    assert_mean_close(np.asarray(mala.get_samples(group_by_chain=True)["x"]), exact)
-    assert_mean_close(np.asarray(nuts.get_samples(group_by_chain=True)["x"]), exact)
+    mala = _run(MALA(model), num_samples=4000, num_chains=2, extra_fields=("potential_energy",))
+    # the state carries -log p of its own position (a stale or sign-flipped value biases the
+    # next Metropolis-Hastings ratio)
+    x = mala.get_samples()["x"][:200]
+    recorded = mala.get_extra_fields()["potential_energy"][:200]
+    exact = jax.vmap(lambda v: potential_energy(model, (), {}, {"x": v}))(x)
+    np.testing.assert_allclose(recorded, exact, rtol=1e-5, atol=1e-5)
+    # conjugate: posterior N(0.8, 0.2); a broken Hastings ratio can keep the mean (by symmetry)
+    # but not the variance
+    mean, var = 1.0 * 1.0 / (1.0 + 0.25), 1.0 / (1.0 + 4.0)
+    for name, run in (("MALA", mala), ("NUTS", nuts)):
+        x = np.asarray(run.get_samples(group_by_chain=True)["x"])
+        assert_mean_close(x, mean, what=f"{name} E[x]")
+        assert_mean_close((x - mean) ** 2, var, what=f"{name} Var[x]")
 
 
 # ----------------------------------------------------------------- divergence is flagged, never NaN

@@ -66,7 +66,8 @@ WJ_MANY = f"{T_WJ}::test_many_measurement_jumps_match_the_posterior_mean_at_sigm
 WJ_2D = f"{T_WJ}::test_2d_mixture_mode_occupancy_matches_the_weights_with_adaptation"
 HOP = f"{T_MWJ}::test_denoise_step_leaves_the_conditional_invariant"
 SWEEP = f"{T_MWJ}::test_gibbs_sweep_targets_p"
-SIGMA_ADAPT = f"{T_MWJ}::test_sign_ambiguity_mode_masses_and_moments_match_quadrature"
+NOISE = f"{T_MWJ}::test_noise_step_draws_y_around_z_with_variance_sigma_squared"
+SIGMA_ADAPT = f"{T_MWJ}::test_sigma_adaptation_reaches_the_target_hop_acceptance"
 MALA_MODEL = f"{T_KER}::test_mala_and_nuts_agree_on_a_model"
 MALA_ADAPT = f"{T_KER}::test_mala_recovers_ill_conditioned_gaussian_with_adaptation"
 
@@ -190,7 +191,7 @@ MUTANTS: list[Mutant] = [
            (HOP,), "MALA refinement starts from a wrong conditional score"),
     Mutant("walk_noise_unit", "gibbs.py",
            "return z + sigma * core.normal_like(rng_key, z)", "return z + core.normal_like(rng_key, z)",
-           (SWEEP,), "the walk y ~ N(z, 1) instead of N(z, sigma^2)"),
+           (NOISE, SWEEP), "the walk y ~ N(z, 1) instead of N(z, sigma^2)"),
     Mutant("sigma_adaptation_direction", "gibbs.py",
            "self._target_hop - hop_accept", "hop_accept - self._target_hop",
            (SIGMA_ADAPT,), "sigma adaptation moves away from target_hop_accept_prob"),
