@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from mnist_data import skip_without_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "examples").glob("[0-9][0-9]_*.py"))
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 NEEDS_MNIST = {"07_mnist.py", "08_tradeoff.py"}
 
 
@@ -43,8 +43,8 @@ def test_examples_exist():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_example_runs_fast(script, tmp_path):
-    if script.name in NEEDS_MNIST and not SHARED_MNIST.is_dir():
-        pytest.skip(f"the project's MNIST copy is not at {SHARED_MNIST}")
+    if script.name in NEEDS_MNIST:
+        skip_without_mnist()
     results = run_example(script, tmp_path)
     check = CLAIMS.get(script.stem)
     if check is not None:
