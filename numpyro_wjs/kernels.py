@@ -465,6 +465,11 @@ class UnderdampedLangevin(_LangevinKernel):
     >>> kernel = UnderdampedLangevin(score_fn=lambda x: -x, step_size=0.5, friction=1.0)
     >>> mcmc = MCMC(kernel, num_warmup=100, num_samples=1000, progress_bar=False)
     >>> mcmc.run(jax.random.key(0), init_params=jnp.zeros(2))
+    >>> x = mcmc.get_samples()
+    >>> x.shape
+    (1000, 2)
+    >>> bool(abs(float(x.var()) - 1.0) < 0.3)  # N(0, I); BAOAB is exact on a Gaussian
+    True
     """
 
     def __init__(
