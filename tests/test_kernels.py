@@ -231,7 +231,10 @@ def test_model_runs_convert_to_datatree_with_site_names():
     assert "acceptance_rate" in dt["sample_stats"]
 
 
-def test_progress_bar_shows_the_step_size(capsys):
+def test_progress_bar_shows_the_step_size(capsys, monkeypatch):
+    # NumPyro turns the progress bar off when CI or PYTEST_XDIST_WORKER is set
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     mcmc = MCMC(MALA(potential_fn=lambda z: 0.5 * jnp.sum(z**2)), num_warmup=20, num_samples=20)
     mcmc.run(jax.random.key(0), init_params=jnp.zeros(2))
     assert mcmc.get_samples().shape == (20, 2)
