@@ -158,6 +158,13 @@ def test_jump_every_and_image_shaped_states():
 
 
 def test_init_noisy_and_single_chain_and_arviz():
+    # init_noisy=True: init_params is the walk's start y0 itself; otherwise y0 = x0 + sigma eps
+    x0 = jnp.array([5.0])
+    noisy = WalkJump(GM1.denoiser(1.0), 1.0, init_noisy=True).init(jax.random.key(0), 10, x0)
+    clean = WalkJump(GM1.denoiser(1.0), 1.0).init(jax.random.key(0), 10, x0)
+    np.testing.assert_array_equal(noisy.y, x0)
+    assert float(jnp.abs(clean.y - x0)[0]) > 0
+    np.testing.assert_allclose(noisy.x, GM1.denoiser(1.0)(x0), rtol=1e-6)  # the jump from y0
     kernel = WalkJump(GM1.denoiser(1.0), 1.0, init_noisy=True)
     mcmc = MCMC(kernel, num_warmup=50, num_samples=100, progress_bar=False)
     mcmc.run(jax.random.key(0), init_params=jnp.array([5.0]), extra_fields=("y", "accept_prob"))
