@@ -13,8 +13,10 @@ Usage (from the repository root)::
     python tools/mutants.py --only NAME [--only NAME ...]
     python tools/mutants.py --jobs 2        # mutants in parallel (default 1)
 
-A snippet that is no longer in its file stops the script before anything runs
-("snippet not found: update mutant NAME"): re-anchor that mutant on the new code.
+A mutant may carry alternative anchors (the same bug on a later layout of the code);
+the first anchor found exactly once is used. When none is found the script stops
+before anything runs ("snippet not found: update mutant NAME"): re-anchor that
+mutant on the new code. ``--root DIR`` runs against another checkout.
 The baseline run (all listed tests on the unmodified code) must pass, otherwise a
 "kill" would mean nothing; skip it with ``--no-baseline``.
 
@@ -46,6 +48,12 @@ class Mutant:
     replacement: str
     tests: tuple[str, ...]  # pytest node ids, relative to the repository root
     why: str
+    #: the same bug anchored on a later layout of the code, ``(file, snippet, replacement)``;
+    #: the first anchor found exactly once is used
+    alternatives: tuple[tuple[str, str, str], ...] = ()
+
+    def anchors(self):
+        return ((self.file, self.snippet, self.replacement), *self.alternatives)
 
 
 T_LANGEVIN = "tests/test_langevin.py"
@@ -90,16 +98,25 @@ MUTANTS: list[Mutant] = [
     Mutant("mala_hastings_flipped", "langevin.py",
            "+ _mala_log_q(metric, x, x_new, g_new, step_size)\n        - _mala_log_q(metric, x_new, x, g, step_size)",
            "- _mala_log_q(metric, x, x_new, g_new, step_size)\n        + _mala_log_q(metric, x_new, x, g, step_size)",
-           (MALA_DENSE,), "Hastings correction with the wrong sign"),
+           (MALA_DENSE,), "Hastings correction with the wrong sign",
+           alternatives=(
+               ('langevin.py', 'return dlogp + _mala_log_q(metric, x, x_new, g_new, step_size) - _mala_log_q(metric, x_new, x, g, step_size)',
+                'return dlogp - _mala_log_q(metric, x, x_new, g_new, step_size) + _mala_log_q(metric, x_new, x, g, step_size)'),)),
     Mutant("mala_hastings_reverse_dropped", "langevin.py",
            "+ _mala_log_q(metric, x, x_new, g_new, step_size)\n", "\n",
-           (MALA_DENSE,), "Hastings ratio without q(x | x')"),
+           (MALA_DENSE,), "Hastings ratio without q(x | x')",
+           alternatives=(
+               ('langevin.py', 'return dlogp + _mala_log_q(metric, x, x_new, g_new, step_size) - _mala_log_q(metric, x_new, x, g, step_size)',
+                'return dlogp - _mala_log_q(metric, x_new, x, g, step_size)'),)),
     Mutant("mala_log_q_scale", "langevin.py",
            "return -_sq_norm_m(m, d) / (4 * h)", "return -_sq_norm_m(m, d) / (2 * h)",
            (MALA_DENSE,), "proposal density with variance h instead of 2h"),
     Mutant("mala_accept_inverted", "langevin.py",
            "< accept_prob\n", "> accept_prob\n",
-           (MALA_DENSE,), "accepts with probability 1 - a"),
+           (MALA_DENSE,), "accepts with probability 1 - a",
+           alternatives=(
+               ('langevin.py', 'dtype=jnp.result_type(prob)) < prob',
+                'dtype=jnp.result_type(prob)) > prob'),)),
     Mutant("dense_noise_c_transpose_lost", "langevin.py",
            "m.mass_matrix_sqrt_inv.T @ eps", "m.mass_matrix_sqrt_inv @ eps",
            (ULA_PRECOND,), "dense metric: noise S^T eps has covariance S^T S != C"),
@@ -154,17 +171,29 @@ MUTANTS: list[Mutant] = [
            (WJ_SEQ,), "sequential jump y + score instead of y + sigma^2 score"),
     Mutant("overdamped_acceptance_terms_swapped", "walkjump.py",
            "+ log_q(y0, y1, g1) - log_q(y1, y0, g0)", "+ log_q(y1, y0, g0) - log_q(y0, y1, g1)",
-           (WJ_ACC,), "issue 15: overdamped acceptance estimate with its proposal terms swapped"),
+           (WJ_ACC,), "issue 15: overdamped acceptance estimate with its proposal terms swapped",
+           alternatives=(
+               ('walkjump.py', 'core.langevin_log_ratio(y0, g0, y1, g1, dlogp, step_size)',
+                'core.langevin_log_ratio(y1, g1, y0, g0, dlogp, step_size)'),)),
     Mutant("overdamped_log_q_scale", "walkjump.py",
            "return -jnp.sum((a - b - h * gb) ** 2) / (4 * h)", "return -jnp.sum((a - b - h * gb) ** 2) / (2 * h)",
-           (WJ_ACC,), "overdamped acceptance estimate with proposal variance h instead of 2h"),
+           (WJ_ACC,), "overdamped acceptance estimate with proposal variance h instead of 2h",
+           alternatives=(
+               ('walkjump.py', 'core.langevin_log_ratio(y0, g0, y1, g1, dlogp, step_size)',
+                'core.langevin_log_ratio(y0, g0, y1, g1, dlogp, 2 * step_size)'),)),
     Mutant("underdamped_kinetic_sign", "walkjump.py",
            "log_ratio = _trapezoid_dlogp(y0, g0, s.position, s.score) - dk",
            "log_ratio = _trapezoid_dlogp(y0, g0, s.position, s.score) + dk",
-           (WJ_ACC,), "underdamped acceptance estimate adds the kinetic energy change"),
+           (WJ_ACC,), "underdamped acceptance estimate adds the kinetic energy change",
+           alternatives=(
+               ('langevin.py', '    return dlogp - dk',
+                '    return dlogp + dk'),)),
     Mutant("trapezoid_without_half", "walkjump.py",
            "return 0.5 * jnp.sum((g0 + g1) * (y1 - y0))", "return jnp.sum((g0 + g1) * (y1 - y0))",
-           (WJ_ACC,), "trapezoid rule counts the log-density change twice"),
+           (WJ_ACC,), "trapezoid rule counts the log-density change twice",
+           alternatives=(
+               ('langevin.py', 'return 0.5 * jnp.sum((g0 + g1) * (x1 - x0))',
+                'return jnp.sum((g0 + g1) * (x1 - x0))'),)),
     Mutant("walk_adapts_to_a_fixed_target", "walkjump.py",
            "target_accept_prob=self._target_accept_prob,", "target_accept_prob=0.6,",
            (WJ_TUNE,), "the walk's dual averaging ignores target_accept_prob"),
@@ -202,27 +231,40 @@ MUTANTS: list[Mutant] = [
            (MALA_MODEL,), "MALA kernel uses +potential as log p at the current point"),
     Mutant("mala_kernel_adapts_to_rejection", "kernels.py",
            "self._adapt(i, info.acceptance_rate, c.position", "self._adapt(i, 1.0 - info.acceptance_rate, c.position",
-           (f"{MALA_ADAPT}[False]",), "MALA dual averaging fed the rejection rate"),
+           (f"{MALA_ADAPT}[False]",), "MALA dual averaging fed the rejection rate",
+           alternatives=(
+               ('kernels.py', 'self._adapt(i, accept_prob, new["z"]',
+                'self._adapt(i, 1.0 - accept_prob, new["z"]'),)),
 ]
 
 
-def check_anchors(mutants: list[Mutant]) -> None:
-    problems = []
+def find_anchor(m: Mutant, root: Path):
+    """The first of the mutant's anchors whose snippet occurs exactly once, or None."""
+    for file, snippet, replacement in m.anchors():
+        path = root / PKG / file
+        if path.is_file() and path.read_text().count(snippet) == 1:
+            return file, snippet, replacement
+    return None
+
+
+def check_anchors(mutants: list[Mutant], root: Path) -> dict:
+    anchors, problems = {}, []
     for m in mutants:
-        text = (ROOT / PKG / m.file).read_text()
-        n = text.count(m.snippet)
-        if n == 0:
-            problems.append(f"snippet not found: update mutant {m.name} ({PKG}/{m.file}): {m.snippet!r}")
-        elif n > 1:
-            problems.append(f"snippet found {n} times: make mutant {m.name} unique ({PKG}/{m.file})")
+        anchor = find_anchor(m, root)
+        if anchor is None:
+            counts = [(f, (root / PKG / f).read_text().count(sn)) for f, sn, _ in m.anchors()]
+            problems.append(f"snippet not found: update mutant {m.name} "
+                            f"(occurrences per anchor: {counts}; each must occur exactly once)")
+        anchors[m.name] = anchor
     if problems:
         sys.exit("\n".join(problems))
+    return anchors
 
 
-def copy_tree(dest: Path) -> None:
-    shutil.copytree(ROOT / PKG, dest / PKG, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+def copy_tree(root: Path, dest: Path) -> None:
+    shutil.copytree(root / PKG, dest / PKG, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "pyproject.toml", dest / "pyproject.toml")
 
 
 def run_tests(workdir: Path, tests, timeout: float) -> tuple[str, str]:
@@ -248,13 +290,14 @@ def first_failure(out: str) -> str:
     return ""
 
 
-def run_mutant(m: Mutant, timeout: float, verbose: bool) -> tuple[Mutant, str, float, str]:
+def run_mutant(m: Mutant, anchor, root: Path, timeout: float, verbose: bool) -> tuple[Mutant, str, float, str]:
     t0 = time.perf_counter()
+    file, snippet, replacement = anchor
     with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
         work = Path(tmp)
-        copy_tree(work)
-        path = work / PKG / m.file
-        path.write_text(path.read_text().replace(m.snippet, m.replacement, 1))
+        copy_tree(root, work)
+        path = work / PKG / file
+        path.write_text(path.read_text().replace(snippet, replacement, 1))
         status, out = run_tests(work, m.tests, timeout)
     dt = time.perf_counter() - t0
     verdict = {"failed": "killed", "passed": "SURVIVED"}.get(status, status)
@@ -272,6 +315,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run on the unmodified code")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the failing assertion of each kill")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="checkout whose numpyro_wjs/ and tests/ are mutated and run (default: this one)")
     args = ap.parse_args(argv)
 
     names = [m.name for m in MUTANTS]
@@ -279,18 +324,21 @@ def main(argv=None) -> int:
     if args.list:
         for m in MUTANTS:
             print(f"{m.name:42s} {m.file:12s} {m.why}")
+            for file, snippet, _ in m.alternatives:
+                print(f"{'':42s} {file:12s} (alternative anchor) {snippet!r}")
         return 0
     unknown = set(args.only) - set(names)
     if unknown:
         sys.exit(f"unknown mutant(s): {', '.join(sorted(unknown))} (see --list)")
     selected = [m for m in MUTANTS if not args.only or m.name in args.only]
-    check_anchors(selected)
+    root = args.root.resolve()
+    anchors = check_anchors(selected, root)
 
     t_start = time.perf_counter()
     if not args.no_baseline:
         tests = sorted({t for m in selected for t in m.tests})
         with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as tmp:
-            copy_tree(Path(tmp))
+            copy_tree(root, Path(tmp))
             status, out = run_tests(Path(tmp), tests, 4 * args.timeout)
         print(f"baseline ({len(tests)} test ids on the unmodified code): {status} "
               f"in {time.perf_counter() - t_start:.0f} s", flush=True)
@@ -300,7 +348,8 @@ def main(argv=None) -> int:
 
     results = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for m, verdict, dt, detail in pool.map(lambda m: run_mutant(m, args.timeout, args.verbose), selected):
+        for m, verdict, dt, detail in pool.map(lambda m: run_mutant(m, anchors[m.name], root, args.timeout, args.verbose),
+                                                   selected):
             results.append((m, verdict, dt))
             print(f"{m.name:42s} {verdict:9s} {dt:6.1f} s  {detail if args.verbose or verdict != 'killed' else ''}",
                   flush=True)
