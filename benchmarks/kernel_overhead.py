@@ -136,13 +136,13 @@ def build_cases(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
 
     def kernel(name: str, adapt: bool):
         if name == "ULA":
-            return ULA(score_fn=score, step_size=ULA_STEP, adapt_mass_matrix=adapt)
+            return ULA(score_fn=score, step_size=ULA_STEP, adapt_step_size=adapt, adapt_mass_matrix=adapt)
         if name == "MALA":
             return MALA(
                 potential_fn=potential, step_size=MALA_STEP, adapt_step_size=adapt, adapt_mass_matrix=adapt
             )
         return UnderdampedLangevin(
-            score_fn=score, step_size=BAOAB_STEP, friction=FRICTION, adapt_mass_matrix=adapt
+            score_fn=score, step_size=BAOAB_STEP, friction=FRICTION, adapt_step_size=adapt, adapt_mass_matrix=adapt
         )
 
     bj = blackjax.mala(logp, MALA_STEP)

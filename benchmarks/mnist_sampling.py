@@ -3,7 +3,7 @@
 The denoiser is the shipped noise-conditional U-Net (``load_pretrained("mnist")``,
 channels ``(16, 32, 64)``), or, when it is not installed, an untrained network of
 the same architecture (the speed does not depend on the weights). The walk is the
-default of :class:`~numpyro_wjs.WalkJump`: BAOAB on ``p_Y`` at ``sigma = 0.5`` with
+fixed walk of :class:`~numpyro_wjs.WalkJump` (no adaptation): BAOAB on ``p_Y`` at ``sigma = 0.5`` with
 step ``0.5 sigma``, friction 1, one jump ``x = y + sigma^2 score(y)`` per walk step,
 so each chain-step costs one denoiser evaluation. Chains start at held-out MNIST
 digits (uniform noise images when MNIST is not available). For ``C`` chains and
@@ -155,7 +155,7 @@ def mcmc_runner(
     """
 
     def build() -> MCMC:
-        kernel = WalkJump(lambda y: net(y, SIGMA), SIGMA, friction=FRICTION)
+        kernel = WalkJump(lambda y: net(y, SIGMA), SIGMA, step_size=STEP_SIZE, friction=FRICTION)
         return MCMC(
             kernel, num_warmup=0, num_samples=steps, num_chains=chains,
             chain_method="vectorized", progress_bar=False, thinning=thinning,
@@ -174,7 +174,7 @@ def mcmc_runner(
 
 def kernel_init(net: UNet, chains: int, key: jax.Array, x0: jax.Array) -> Callable[[], Any]:
     """``WalkJump.init`` as ``MCMC`` calls it (batched keys, or one key for one chain)."""
-    kernel = WalkJump(lambda y: net(y, SIGMA), SIGMA, friction=FRICTION)
+    kernel = WalkJump(lambda y: net(y, SIGMA), SIGMA, step_size=STEP_SIZE, friction=FRICTION)
     keys = jax.random.split(key, chains)
     if chains == 1:
         return lambda: kernel.init(key, 0, x0[0])

@@ -33,10 +33,17 @@ exact draws of component ``k``, averaged over modes (its value for exact draws o
 statistics for exact draws of ``E[X | X + (sigma / sqrt(M)) N]``, the law the
 sequential jumps aim at.
 
+Third part, ``--sweep``: the default ``WalkJump`` alone (exact denoiser, fixed walk
+step ``sigma``, friction 0.5) on the same ring in ``d = 2, 32, 128, 512`` (the extra
+coordinates are independent Gaussians), at the same budget: switches per 1,000
+evaluations and the occupancy TV must not degrade with ``d`` (goals: >= 50 and
+<= 0.03 at every ``d``).
+
 Run from the repository root (a few minutes on two cores)::
 
     python benchmarks/mode_hopping.py            # budget 20,000, 8 chains, d = 2 and 32
     python benchmarks/mode_hopping.py --quick    # budget 2,000, 4 chains
+    python benchmarks/mode_hopping.py --sweep    # the dimension sweep alone
 """
 
 from __future__ import annotations
@@ -72,8 +79,10 @@ def samplers(target: GaussianMixture, sigma: float) -> dict:
     return {
         "NUTS": NUTS(target.model()),
         "MALA": MALA(target.model()),
-        "ULA": ULA(score_fn=target.score, step_size=0.1 * TAU**2),
-        "UnderdampedLangevin": UnderdampedLangevin(score_fn=target.score, step_size=0.5 * TAU, friction=1.0),
+        "ULA": ULA(score_fn=target.score, step_size=0.1 * TAU**2, adapt_step_size=False),
+        "UnderdampedLangevin": UnderdampedLangevin(
+            score_fn=target.score, step_size=0.5 * TAU, friction=1.0, adapt_step_size=False
+        ),
         "WalkJump": WalkJump(target.denoiser(sigma), sigma),
     }
 
@@ -182,6 +191,25 @@ def goals(table: pd.DataFrame) -> str:
     )
 
 
+def dimension_sweep(args: argparse.Namespace) -> pd.DataFrame:
+    """The default walk-jump on the ring in every dimension of ``args.sweep_dims``."""
+    rows = {}
+    for dim in args.sweep_dims:
+        target = make_target(dim)
+        sigma = walk_jump_sigma(target)
+        kernel = WalkJump(target.denoiser(sigma), sigma)
+        table = compare(target, {"WalkJump": kernel}, budget=args.budget, num_chains=args.chains,
+                        num_warmup=args.warmup, seed=args.seed)
+        row = table.loc["WalkJump"]
+        rows[dim] = {"walk step / sigma": kernel._step_size / sigma,
+                     "switches_per_1000_evals": row.switches_per_1000_evals, "tv_distance": row.tv_distance,
+                     "evals_to_visit_all": row.evals_to_visit_all, "ess_bulk": row.ess_bulk,
+                     "r_hat": row.r_hat, "wall_time_s": row.wall_time_s}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "d"
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=20_000, help="evaluations per chain")
@@ -192,6 +220,8 @@ def main() -> None:
     parser.add_argument("--measurements", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="budget 2,000, 4 chains, 200 warmup, M in (1, 4)")
+    parser.add_argument("--sweep", action="store_true", help="only the dimension sweep of the default walk-jump")
+    parser.add_argument("--sweep-dims", type=int, nargs="+", default=[2, 32, 128, 512])
     args = parser.parse_args()
     if args.quick:
         args.budget, args.chains, args.warmup, args.jumps, args.measurements = 2000, 4, 200, 300, [1, 4]
@@ -199,6 +229,13 @@ def main() -> None:
     print(machine())
     print(f"K={K} ring radius={RADIUS} tau={TAU} weights={WEIGHTS.tolist()} (normalised); "
           f"budget={args.budget:,} evaluations per chain, chains={args.chains}, warmup={args.warmup}, seed={args.seed}")
+    if args.sweep:
+        table = dimension_sweep(args)
+        print("\n### Default WalkJump against the dimension\n")
+        print(markdown(table.reset_index().astype({"d": str}).set_index("d"), "d"))
+        ok = (table.switches_per_1000_evals >= 50).all() and (table.tv_distance <= 0.03).all()
+        print(f"\ngoals (>= 50 switches per 1,000 evaluations, TV <= 0.03 at every d): {'met' if ok else 'NOT met'}")
+        return
     for dim in args.dims:
         target = make_target(dim)
         sigma = walk_jump_sigma(target)

@@ -1,7 +1,9 @@
 """Command line shared by the example scripts: ``--fast``, ``--out`` and ``--seed``.
 
 Every example runs in a full mode (the numbers and figures in the documentation) and a
-fast mode (``--fast``: the same code on a small budget, run by the test suite).
+fast mode (``--fast``: the same code on a small budget, run by the test suite). Output
+goes to ``./figures`` unless ``--out`` says otherwise; the documentation's figures are
+rebuilt on purpose with ``--out docs/figures``.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-DOCS_FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
+DEFAULT_OUT = Path("figures")
 
 
 def parse_args(
     doc: str | None, argv: list[str] | None = None, flags: dict[str, str] | None = None
 ) -> argparse.Namespace:
-    """Parse ``--fast``, ``--out DIR`` (default ``docs/figures``), ``--seed`` and the
+    """Parse ``--fast``, ``--out DIR`` (default ``./figures``), ``--seed`` and the
     example's own on/off ``flags`` (``{"--name": "help"}``)."""
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="small budget (seconds), as run by the tests")
-    parser.add_argument("--out", type=Path, default=DOCS_FIGURES, help="folder for figures and results")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="folder for figures and results (default ./figures; docs/figures: rebuild the docs)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
     for flag, help_text in (flags or {}).items():
         parser.add_argument(flag, action="store_true", help=help_text)

@@ -14,13 +14,16 @@ Commands
 ``train``
     Train a denoiser (U-Net for images, MLP for vectors) on MNIST, scikit-learn's
     8x8 digits or samples of a Gaussian mixture, with resumable orbax checkpoints in
-    ``--out``; ``--pretrained-mnist`` / ``--pretrained-classifier`` re-create the
-    shipped networks with their recorded recipes.
+    ``--out`` (a folder holding a saved model or another run is refused unless
+    ``--overwrite``); ``--pretrained-mnist`` / ``--pretrained-classifier`` re-create
+    the shipped networks with their recorded recipes.
 
 Every command is one function ``_<name>(args) -> int`` and one parser entry in
-``_COMMANDS``. Errors the user can fix (an unusable output folder, missing
-pretrained weights) print ``numpyro-wjs <command>: error: ...`` and return exit
-code 2, as argparse does for bad options.
+``_COMMANDS``. Every error prints one line, ``numpyro-wjs <command>: error: ...``:
+usage errors (bad or conflicting options, an unusable output folder, missing
+pretrained weights) return exit code 2, as argparse does for bad options; failures
+(unreadable data or checkpoints, a run with other settings) return 1; Ctrl-C
+returns 130 after any checkpoint being written is complete.
 
 Example
 -------
@@ -37,6 +40,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -92,6 +96,17 @@ def _int_at_least(minimum: int, what: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _positive_float(text: str) -> float:
+    """An argparse ``type`` accepting finite numbers ``> 0``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def _output_dir(path: str | os.PathLike) -> Path:
@@ -430,8 +445,16 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
     """Train a denoiser, or re-create a shipped network."""
+    if args.data_path == "":
+        raise UsageError("--data-path is empty; give the folder of the MNIST IDX files, or add --download.")
+    if args.download and not (args.data == "mnist" or args.pretrained_mnist or args.pretrained_classifier):
+        raise UsageError(f"--download fetches MNIST; --data {args.data} needs no download.")
     if args.pretrained_mnist or args.pretrained_classifier:
         from .classifier import PRETRAINED_CLASSIFIER_DIR, train_pretrained_classifier
+        from .data import download_mnist
+
+        if args.download:
+            download_mnist(args.data_path)
         from .pretrained import train_pretrained_denoiser
 
         default = PRETRAINED_CLASSIFIER_DIR if args.pretrained_classifier else MNIST_DENOISER_DIR
@@ -447,32 +470,36 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from flax import nnx
 
-    from .train import train_denoiser
+    from .train import check_outside_package, train_denoiser
 
+    sigma = _train_sigma(args)
+    images = args.data != "mixture"
+    unused = "--hidden" if images and args.hidden else "--channels" if not images and args.channels else None
+    if unused:
+        raise UsageError(
+            f"{unused} does not apply to --data {args.data} (images train a U-Net sized by --channels, "
+            "--data mixture an MLP sized by --hidden); drop it."
+        )
+    try:
+        check_outside_package(Path(args.out or "wjs-denoiser"), "--out")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     data, eval_data = _training_data(args)
-    if args.sigma_range is not None:
-        lo, hi = args.sigma_range
-        if not 0 < lo < hi:
-            raise UsageError(f"--sigma-range needs 0 < LO < HI, got {lo} {hi}.")
-        sigma = (lo, hi)
-    else:
-        if not args.sigma > 0:
-            raise UsageError(f"--sigma must be positive, got {args.sigma}.")
-        sigma = args.sigma
     conditional = isinstance(sigma, tuple)
     rngs = nnx.Rngs(args.seed)
-    if data.ndim == 4:
+    if images:
         from .denoisers import UNet
 
-        net = UNet(data.shape[-1], tuple(args.channels), noise_conditional=conditional, rngs=rngs)
+        net = UNet(data.shape[-1], tuple(args.channels or (16, 32)), noise_conditional=conditional, rngs=rngs)
     else:
         from .denoisers import MLP
 
-        net = MLP(data.shape[-1], tuple(args.hidden), noise_conditional=conditional, rngs=rngs)
+        net = MLP(data.shape[-1], tuple(args.hidden or (256, 256)), noise_conditional=conditional, rngs=rngs)
     out = _output_dir(args.out or "wjs-denoiser")
     result = train_denoiser(
         net, data, sigma, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         eval_data=eval_data, seed=args.seed, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
+        overwrite=args.overwrite,
     )
     if np.size(result.eval_mse):
         last = np.atleast_1d(np.asarray(result.eval_mse)[-1])
@@ -482,12 +509,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_sigma(args: argparse.Namespace) -> float | tuple[float, float]:
+    """The training noise of ``train``: ``--sigma`` or ``--sigma-range``, never both."""
+    if args.sigma_range is None:
+        return 0.5 if args.sigma is None else args.sigma
+    if args.sigma is not None:
+        raise UsageError("--sigma (a fixed-sigma denoiser) and --sigma-range (a noise-conditional one) "
+                         "exclude each other; pass one.")
+    lo, hi = args.sigma_range
+    if not lo < hi:
+        raise UsageError(f"--sigma-range needs 0 < LO < HI, got {lo:g} {hi:g}.")
+    return lo, hi
+
+
 def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) arrays for ``train --data``."""
     from . import data
 
     if args.data == "mnist":
-        return data.load_mnist(args.data_path, split="train")[0], data.load_mnist(args.data_path, split="heldout")[0]
+        train = data.load_mnist(args.data_path, split="train", download=args.download)[0]
+        return train, data.load_mnist(args.data_path, split="heldout")[0]
     if args.data == "digits":
         images = data.load_digits8x8()[0]
         return images[:1500], images[1500:]
@@ -504,17 +545,26 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=("mnist", "digits", "mixture"), default="digits",
                         help="training data: MNIST digits 0-7999, scikit-learn 8x8 digits, or an 8-mode 2-D ring")
     parser.add_argument("--data-path", default=None, help="folder of MNIST IDX files (default: auto)")
-    parser.add_argument("--sigma", type=float, default=0.5, help="noise level of a fixed-sigma denoiser")
-    parser.add_argument("--sigma-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                        help="train a noise-conditional denoiser on s log-uniform in [LO, HI]")
-    parser.add_argument("--steps", type=_positive_int, default=2000)
+    parser.add_argument("--download", action="store_true",
+                        help="download the MNIST files (SHA-256 verified) into --data-path or the cache")
+    parser.add_argument("--sigma", type=_positive_float, default=None,
+                        help="noise level of a fixed-sigma denoiser (default 0.5)")
+    parser.add_argument("--sigma-range", type=_positive_float, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="train a noise-conditional denoiser on s log-uniform in [LO, HI] (not with --sigma)")
+    parser.add_argument("--steps", type=_positive_int, default=2000,
+                        help="total steps; more than a finished run in --out continues it")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
-    parser.add_argument("--channels", type=_positive_int, nargs="+", default=[16, 32], help="U-Net widths")
-    parser.add_argument("--hidden", type=_positive_int, nargs="+", default=[256, 256], help="MLP widths")
+    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate of AdamW")
+    parser.add_argument("--channels", type=_positive_int, nargs="+", default=None,
+                        help="U-Net widths for image data (default 16 32)")
+    parser.add_argument("--hidden", type=_positive_int, nargs="+", default=None,
+                        help="MLP widths for --data mixture (default 256 256)")
     parser.add_argument("--seed", type=_non_negative_int, default=0)
     parser.add_argument("--checkpoint-every", type=_positive_int, default=500)
-    parser.add_argument("--out", default=None, help="checkpoint folder (resumes if it holds one)")
+    parser.add_argument("--out", default=None,
+                        help="checkpoint folder (default ./wjs-denoiser; resumes the run it holds)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the saved model or other run in --out and train from scratch")
     parser.add_argument("--checkpoint-dir", default=None, help="with --pretrained-mnist: resumable training folder")
     parser.add_argument("--pretrained-mnist", action="store_true", help="re-create the shipped MNIST denoiser")
     parser.add_argument("--pretrained-classifier", action="store_true", help="re-create the shipped MNIST classifier")
@@ -556,21 +606,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 success, 2 usage error).
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
-    Bad options make argparse print usage and raise ``SystemExit(2)``.
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 success, 1 failure, 2 usage error,
+    130 interrupted).
+
+    Bad options make argparse print usage and raise ``SystemExit(2)``. Errors and
+    warnings print one line each.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        return _COMMANDS[args.command].run(args)
-    except UsageError as err:
-        print(f"numpyro-wjs {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"numpyro-wjs {args.command}: interrupted", file=sys.stderr)
-        return 130
+    prefix = f"numpyro-wjs {args.command}"
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"{prefix}: warning: {_one_line(message)}", file=sys.stderr
+        )
+        try:
+            return _COMMANDS[args.command].run(args)
+        except UsageError as err:
+            print(f"{prefix}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except (ValueError, OSError, FloatingPointError) as err:  # DataError, CheckpointError, files
+            print(f"{prefix}: error: {_one_line(err)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130

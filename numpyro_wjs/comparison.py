@@ -196,7 +196,7 @@ def walk_jump_sigma(target: GaussianMixture, z: float = 2.0) -> float:
 def default_samplers(target: GaussianMixture) -> dict[str, MCMCKernel]:
     """NUTS and MALA on ``target.model()``, ULA on ``target.score``, walk-jump with the exact denoiser.
 
-    ULA's step is ``0.1 tau_min^2`` (on a component ``N(mu, tau^2)`` its stationary
+    ULA's step is fixed at ``0.1 tau_min^2`` (on a component ``N(mu, tau^2)`` its stationary
     variance is ``tau^2 / (1 - h / (2 tau^2))``: 5 % too large at most); the walk
     uses ``sigma = walk_jump_sigma(target)`` and the exact Bayes denoiser
     ``target.denoiser(sigma)``.
@@ -206,7 +206,7 @@ def default_samplers(target: GaussianMixture) -> dict[str, MCMCKernel]:
     return {
         "NUTS": NUTS(target.model()),
         "MALA": MALA(target.model()),
-        "ULA": ULA(score_fn=target.score, step_size=0.1 * tau_min**2),
+        "ULA": ULA(score_fn=target.score, step_size=0.1 * tau_min**2, adapt_step_size=False),
         "WalkJump": WalkJump(target.denoiser(sigma), sigma),
     }
 

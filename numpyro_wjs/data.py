@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DataError",
     "MNIST_HELDOUT_START",
-    "MNIST_MD5",
     "MNIST_MIRRORS",
+    "MNIST_SHA256",
     "as_array",
     "download_mnist",
     "load_digits8x8",
@@ -57,27 +57,32 @@ __all__ = [
 MNIST_HELDOUT_START = 8000
 """Index of the first held-out digit of the MNIST test set (digits 8000-9999)."""
 
-MNIST_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-"""MD5 of the *uncompressed* IDX bytes of the four MNIST files (robust to re-gzipping)."""
+"""SHA-256 of the *uncompressed* IDX bytes of the four MNIST files (robust to
+re-gzipping; unlike MD5 it also guards against deliberate substitution)."""
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-"""Mirrors serving ``<name>.gz`` for every name in ``MNIST_MD5``, tried in order."""
+"""Mirrors serving ``<name>.gz`` for every name in ``MNIST_SHA256``, tried in order."""
+
+_TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_SPLIT_FILES = {"heldout": _TEST_FILES, "train": tuple(MNIST_SHA256), "all": tuple(MNIST_SHA256)}
+"""The files ``download=True`` fetches for each split (the training set joins "train" and "all")."""
 
 MNIST_ENV_VAR = "NUMPYRO_WJS_MNIST"
 _IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
 _SPLITS = ("train", "heldout", "all")
 _FIX_HINT = (
-    "pass path=<directory with the IDX files>, set the environment variable "
-    f"{MNIST_ENV_VAR}, or call load_mnist(download=True)"
+    "pass path=<directory with the IDX files> (CLI: --data-path), set the environment "
+    f"variable {MNIST_ENV_VAR}, or download them with load_mnist(download=True) (CLI: --download)"
 )
 
 
@@ -211,10 +216,7 @@ def _default_cache_dir() -> Path:
 
 
 def _has_t10k(directory: Path) -> bool:
-    return all(
-        _find_idx(directory, stem) is not None
-        for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    )
+    return all(_find_idx(directory, stem) is not None for stem in _TEST_FILES)
 
 
 def _search_dirs(cache_dir: Path | None) -> list[Path]:
@@ -239,10 +241,12 @@ def _fetch(url: str, dest: Path) -> None:
             out.write(chunk)
 
 
-def _md5_uncompressed(file: Path) -> str | None:
-    """MD5 of the gunzipped bytes of ``file``; ``None`` when it is not valid gzip."""
+def _sha256_idx(file: Path, compressed: bool) -> str | None:
+    """SHA-256 of the IDX bytes of ``file`` (gunzipped if ``compressed``); ``None`` when
+    it is not valid gzip."""
+    raw = file.read_bytes()
     try:
-        return hashlib.md5(gzip.decompress(file.read_bytes())).hexdigest()
+        return hashlib.sha256(gzip.decompress(raw) if compressed else raw).hexdigest()
     except (gzip.BadGzipFile, EOFError, zlib.error):
         return None
 
@@ -251,13 +255,14 @@ def download_mnist(
     directory: str | os.PathLike | None = None,
     *,
     mirrors: Sequence[str] | None = None,
+    files: Sequence[str] | None = None,
 ) -> Path:
-    """Download the four MNIST IDX files (gzip) and verify their checksums.
+    """Download MNIST IDX files (gzip) and verify their SHA-256 checksums.
 
-    Files already present with the right checksum are kept. Each file is written to a
-    temporary file in ``directory`` and renamed only once the MD5 of its uncompressed
-    bytes equals ``MNIST_MD5``, so an interrupted or corrupt download never leaves
-    a file that the loader would read.
+    Files already present (raw or gzip) with the right checksum are kept. Each file is
+    written to a temporary file in ``directory`` and renamed only once the SHA-256 of
+    its uncompressed bytes equals ``MNIST_SHA256``, so an interrupted, corrupt or
+    substituted download never leaves a file that the loader would read.
 
     Parameters
     ----------
@@ -265,6 +270,8 @@ def download_mnist(
         Destination; default ``~/.cache/numpyro_wjs/mnist``.
     mirrors
         Base URLs tried in order for each file; default ``MNIST_MIRRORS``.
+    files
+        Names (keys of ``MNIST_SHA256``) to fetch; default all four.
 
     Returns
     -------
@@ -281,12 +288,14 @@ def download_mnist(
     directory = Path(directory).expanduser() if directory is not None else _default_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     mirrors = MNIST_MIRRORS if mirrors is None else tuple(mirrors)
-    for stem, md5 in MNIST_MD5.items():
+    unknown = sorted(set(files or ()) - set(MNIST_SHA256))
+    if unknown:
+        raise ValueError(f"unknown MNIST files {unknown}; choose from {sorted(MNIST_SHA256)}.")
+    for stem in files or MNIST_SHA256:
+        sha256 = MNIST_SHA256[stem]
         dest = directory / f"{stem}.gz"
-        if dest.is_file() and _md5_uncompressed(dest) == md5:
-            continue
-        raw = directory / stem
-        if raw.is_file() and hashlib.md5(raw.read_bytes()).hexdigest() == md5:
+        present = ((dest, True), (directory / stem, False))
+        if any(f.is_file() and _sha256_idx(f, gz) == sha256 for f, gz in present):
             continue
         failures = []
         checksum_failed = False
@@ -297,14 +306,14 @@ def download_mnist(
             tmp = Path(tmp_name)
             try:
                 _fetch(url, tmp)
-                got = _md5_uncompressed(tmp)
-                if got == md5:
+                got = _sha256_idx(tmp, True)
+                if got == sha256:
                     os.replace(tmp, dest)
                     break
                 checksum_failed = True
                 failures.append(
                     f"{url}: "
-                    + ("not a valid gzip file" if got is None else f"md5 {got} != {md5}")
+                    + ("not a valid gzip file" if got is None else f"sha256 {got} != {sha256}")
                 )
             except OSError as err:
                 failures.append(f"{url}: {err}")
@@ -352,8 +361,10 @@ def load_mnist(
         ``"train"`` (t10k digits 0-7999, plus the 60k training set if present),
         ``"heldout"`` (t10k digits 8000-9999) or ``"all"``.
     download
-        Download (and verify) any missing file into ``path`` or, when ``path`` is
-        ``None``, into the cache directory, then load from there.
+        Download (and verify by SHA-256) the files the split needs into ``path`` or,
+        when ``path`` is ``None``, into the cache directory, then load from there:
+        the t10k pair for ``"heldout"``, all four files for ``"train"`` and ``"all"``.
+        Files already there with the right checksum are not fetched again.
     cache_dir
         Cache directory; default ``~/.cache/numpyro_wjs/mnist``.
 
@@ -377,14 +388,13 @@ def load_mnist(
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
     if download:
         target = path if path is not None else cache_dir
-        directory = download_mnist(target)
+        directory = download_mnist(target, files=_SPLIT_FILES[split])
     elif path is not None:
         directory = Path(path).expanduser()
-        if not _has_t10k(directory):
+        missing = [stem for stem in _TEST_FILES if _find_idx(directory, stem) is None]
+        if missing:
             raise FileNotFoundError(
-                f"{directory} does not contain t10k-images-idx3-ubyte(.gz) and "
-                "t10k-labels-idx1-ubyte(.gz); point path= at a directory with the "
-                "MNIST IDX files, or call load_mnist(download=True)."
+                f"{directory} lacks {' and '.join(f'{m}(.gz)' for m in missing)}; {_FIX_HINT}."
             )
     else:
         searched = _search_dirs(Path(cache_dir) if cache_dir is not None else None)

@@ -62,7 +62,8 @@ def mode_hopping(
         ``(chain, draw)`` or ``(draw,)``, or a list of 1-D label arrays, one per
         chain, whose lengths may differ.
     labeller : None, object with ``mode_of`` or callable
-        Maps a batch ``(B, *event)`` of draws to ``(B,)`` integer labels, e.g.
+        Maps a batch ``(B, *event)`` of draws to ``(B,)`` integer labels (draws must be
+        finite: a non-finite draw raises ``ValueError`` with the count), e.g.
         ``GaussianMixture`` (``mode_of``; its ``weights`` and ``K`` are the defaults of
         ``weights`` and ``num_modes``) or an image classifier.
     weights : array (K,), optional
@@ -350,6 +351,12 @@ def _apply(labeller: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
         raise TypeError("`labeller` must have a `mode_of` method or be callable.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(1) if np.issubdtype(x.dtype, np.inexact) else np.zeros(0)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} of {bad.size} draws are not finite (NaN or inf), so they belong to no mode; "
+            "look at the sampler's `diverging` field and drop or fix those chains before mode_hopping."
+        )
     n, out = x.shape[0], []
     if n == 0:
         return np.zeros(0, dtype=np.int64)

@@ -28,7 +28,7 @@ from numpyro.infer.hmc_util import dual_averaging, warmup_adapter
 from numpyro.util import is_prng_key
 
 from . import langevin as core
-from .kernels import split_keys
+from .kernels import as_float, split_keys
 from .sources import check_finite_start, init_model, make_source, postprocess
 
 __all__ = ["GibbsPoint", "GibbsInfo", "noise_step", "denoise_step", "ModelWalkJumpState"]
@@ -157,6 +157,7 @@ class ModelWalkJumpMixin:
             )
         elif init_params is None:
             raise ValueError("WalkJump: `init_params` must be given with `potential_fn`.")
+        init_params = as_float(init_params)
         example = jax.tree.map(lambda a: a[0], init_params) if batched else init_params
         dim = ravel_pytree(example)[0].shape[0]
         wa_init, self._wa_update = warmup_adapter(
@@ -182,10 +183,10 @@ class ModelWalkJumpMixin:
             )
 
         if batched:
-            state = vmap(init_one)(init_params, rng_key)
+            state = jax.jit(vmap(init_one))(init_params, rng_key)
             self._sample_fn = vmap(self._sample_model, in_axes=(0, None, None))
         else:
-            state = init_one(init_params, rng_key)
+            state = jax.jit(init_one)(init_params, rng_key)
             self._sample_fn = self._sample_model
         check_finite_start("WalkJump", state.score, state.potential_energy)
         return state

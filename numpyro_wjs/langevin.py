@@ -57,12 +57,17 @@ __all__ = [
     "underdamped_init",
     "baoab_step",
     "MAX_LOG_ACCEPT_DROP",
+    "trapezoid_dlogp",
+    "langevin_log_ratio",
+    "baoab_log_ratio",
+    "accept_prob",
     "all_finite",
     "normal_like",
 ]
 
-#: A MALA proposal whose log acceptance ratio is below ``-MAX_LOG_ACCEPT_DROP`` (or
-#: non-finite) is flagged as divergent, as NumPyro's HMC does with ``max_delta_energy``.
+#: A step whose energy error (minus its log Metropolis-Hastings ratio, exact or
+#: estimated) exceeds ``MAX_LOG_ACCEPT_DROP``, or is non-finite, is divergent, as in
+#: NumPyro's HMC (``max_delta_energy``) and Stan.
 MAX_LOG_ACCEPT_DROP = 1000.0
 
 
@@ -115,6 +120,14 @@ def _noise_m(m: Metric | None, xi: Array) -> Array:
     return m.mass_matrix_sqrt @ xi if _dense(m) else m.mass_matrix_sqrt * xi
 
 
+def _sq_norm_c(m: Metric | None, v: Array) -> Array:
+    """``v^T C v`` (twice the kinetic energy of ``v`` for mass ``M = C^{-1}``)."""
+    if m is None:
+        return jnp.sum(v * v)
+    w = m.mass_matrix_sqrt_inv @ v if _dense(m) else m.mass_matrix_sqrt_inv * v
+    return jnp.sum(w * w)
+
+
 def _sq_norm_m(m: Metric | None, v: Array) -> Array:
     """``v^T M v``."""
     if m is None:
@@ -131,6 +144,16 @@ def normal_like(rng_key: Array, x: Array) -> Array:
 def all_finite(*xs: Array) -> Array:
     """True when every entry of every array is finite."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+
+
+def trapezoid_dlogp(x0: Array, g0: Array, x1: Array, g1: Array) -> Array:
+    """``log p(x1) - log p(x0)`` by the trapezoid rule on the score (exact for Gaussians)."""
+    return 0.5 * jnp.sum((g0 + g1) * (x1 - x0))
+
+
+def accept_prob(log_ratio: Array) -> Array:
+    """``min(1, exp(log_ratio))``, 0 for a non-finite ratio."""
+    return jnp.minimum(1.0, jnp.exp(jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)))
 
 
 # --------------------------------------------------------------------------- ULA
@@ -203,6 +226,16 @@ def _mala_log_q(m: Metric | None, x_to: Array, x_from: Array, g_from: Array, h) 
     return -_sq_norm_m(m, d) / (4 * h)
 
 
+def langevin_log_ratio(x: Array, g: Array, x_new: Array, g_new: Array, dlogp: Array, step_size, metric=None):
+    """Log Metropolis-Hastings ratio of the Langevin proposal ``x -> x_new``.
+
+    ``log [p(x') q(x | x') / (p(x) q(x' | x))]`` with ``q(x' | x) = N(x + h C g, 2 h C)``
+    and ``dlogp = log p(x') - log p(x)`` (exact, or ``trapezoid_dlogp`` from scores).
+    MALA applies it; ULA computes it to tune its step and to flag divergence.
+    """
+    return dlogp + _mala_log_q(metric, x, x_new, g_new, step_size) - _mala_log_q(metric, x_new, x, g, step_size)
+
+
 def mala_step(
     rng_key: Array,
     state: AdjustedLangevinState,
@@ -220,20 +253,14 @@ def mala_step(
     eps = normal_like(key_prop, x)
     x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)
     logp_new, g_new = jax.value_and_grad(logdensity_fn)(x_new)
-    log_ratio = (
-        logp_new
-        - logp
-        + _mala_log_q(metric, x, x_new, g_new, step_size)
-        - _mala_log_q(metric, x_new, x, g, step_size)
-    )
-    finite = all_finite(logp_new, g_new, log_ratio)
-    log_ratio = jnp.where(finite, log_ratio, -jnp.inf)
-    accept_prob = jnp.minimum(1.0, jnp.exp(log_ratio))
-    accepted = random.uniform(key_accept, dtype=jnp.result_type(accept_prob)) < accept_prob
+    log_ratio = langevin_log_ratio(x, g, x_new, g_new, logp_new - logp, step_size, metric)
+    log_ratio = jnp.where(all_finite(logp_new, g_new, log_ratio), log_ratio, -jnp.inf)
+    prob = accept_prob(log_ratio)
+    accepted = random.uniform(key_accept, dtype=jnp.result_type(prob)) < prob
     new = AdjustedLangevinState(x_new, logp_new, g_new)
     state = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), new, state)
     diverging = log_ratio < -MAX_LOG_ACCEPT_DROP
-    return state, MALAInfo(accept_prob, accepted, diverging)
+    return state, MALAInfo(prob, accepted, diverging)
 
 
 # --------------------------------------------------------------------------- underdamped
@@ -295,3 +322,22 @@ def baoab_step(
     g = score_fn(x)
     v = v + 0.5 * h * g
     return UnderdampedState(x, v, g)
+
+
+def baoab_log_ratio(old: UnderdampedState, new: UnderdampedState, step_size, metric=None, dlogp=None) -> Array:
+    """Minus the energy error of a BAOAB step: ``dlogp - dK`` over its deterministic halves.
+
+    The O step is an exact Ornstein-Uhlenbeck move, so only the ``B A`` and ``A B``
+    halves change the energy ``-log p(x) + v^T C v / 2``; ``dK`` is their kinetic
+    change. ``dlogp = log p(x') - log p(x)``, by default ``trapezoid_dlogp`` of the
+    scores. ``min(1, exp(.))`` is the acceptance the step would have with a
+    Metropolis correction: it tunes the step and flags divergence, it never rejects.
+    """
+    h = step_size
+    if dlogp is None:
+        dlogp = trapezoid_dlogp(old.position, old.score, new.position, new.score)
+    v_a = old.velocity + 0.5 * h * old.score  # after the first B
+    v_b = new.velocity - 0.5 * h * new.score  # before the last B
+    dk = 0.5 * (_sq_norm_c(metric, v_a) - _sq_norm_c(metric, old.velocity)
+                + _sq_norm_c(metric, new.velocity) - _sq_norm_c(metric, v_b))
+    return dlogp - dk

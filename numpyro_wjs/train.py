@@ -20,21 +20,32 @@ Checkpoint layout (one directory per checkpoint)::
                     (training checkpoints; optimizer state only for save_checkpoint)
 
 ``train_denoiser(..., checkpoint_dir=d)`` writes ``d/step_00000100/`` etc. A
-checkpoint directory is written under a temporary name and renamed when complete,
-so an interrupted save never looks like a checkpoint.
+checkpoint directory is written under a temporary name and renamed when complete
+(Ctrl-C waits for the save to end), so an interrupted save never looks like a
+checkpoint. Any Flax NNX module called as ``model(y)`` or ``model(y, s)`` trains;
+checkpoints name its class, which ``register_architecture`` makes loadable (the
+package's ``MLP`` and ``UNet`` are registered).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
+import inspect
+import itertools
 import json
+import logging
 import math
 import re
 import shutil
+import signal
+import threading
 import uuid
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +70,22 @@ __all__ = [
     "ema_update",
     "load_denoiser",
     "loss_fn",
+    "register_architecture",
     "save_checkpoint",
     "train_denoiser",
     "train_iteration",
+    "train_on_batch",
     "train_step",
 ]
 
-ARCHITECTURES: dict[str, type[Denoiser]] = {"MLP": MLP, "UNet": UNet}
-"""Denoiser classes that checkpoints can name and ``load_denoiser`` can rebuild."""
+ARCHITECTURES: dict[str, type[nnx.Module]] = {"MLP": MLP, "UNet": UNet}
+"""Network classes that checkpoints can name and ``load_denoiser`` can rebuild, by name.
+
+Filled by ``register_architecture``; a checkpoint only names its class, so loading one
+never imports or runs code chosen by the file.
+"""
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_log = logging.getLogger(__name__)
 
 FORMAT = "numpyro_wjs.denoiser"
 FORMAT_VERSION = 1
@@ -80,9 +99,9 @@ class TrainResult:
 
     Attributes
     ----------
-    ema_model : Denoiser
+    ema_model : nnx.Module
         Network with the EMA weights: the one to use (and the one checkpoints publish).
-    model : Denoiser
+    model : nnx.Module
         Network with the final raw weights (the ``model`` passed in, trained in place).
     loss_history : np.ndarray, shape (steps,)
         Training loss of every step (see ``loss_fn``).
@@ -94,8 +113,8 @@ class TrainResult:
         Held-out mean of ``||x - xhat(x + s eps)||^2`` per evaluation and noise level.
     """
 
-    ema_model: Denoiser
-    model: Denoiser
+    ema_model: nnx.Module
+    model: nnx.Module
     loss_history: np.ndarray
     eval_steps: np.ndarray
     eval_sigmas: np.ndarray
@@ -114,7 +133,21 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.
     return jax.random.normal(key, (shape[0], math.prod(shape[1:])), dtype).reshape(shape)
 
 
-def loss_fn(model: Denoiser, batch: jax.Array, key: jax.Array, sigma: jax.Array) -> jax.Array:
+def _noise_conditional(model: nnx.Module) -> bool:
+    """Whether ``model`` is called as ``model(y, s)`` rather than ``model(y)``.
+
+    Its ``noise_conditional`` attribute when it has one (the package's denoisers), else
+    whether its ``__call__`` takes a second positional parameter.
+    """
+    flag = getattr(model, "noise_conditional", None)
+    if flag is not None:
+        return bool(flag)
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = inspect.signature(model.__call__).parameters.values()
+    return sum(p.kind in kinds for p in params) >= 2
+
+
+def loss_fn(model: nnx.Module, batch: jax.Array, key: jax.Array, sigma: jax.Array) -> jax.Array:
     """Monte Carlo denoising loss on one batch.
 
     Fixed-sigma networks (``sigma`` a scalar): the plain squared error, summed over
@@ -123,15 +156,19 @@ def loss_fn(model: Denoiser, batch: jax.Array, key: jax.Array, sigma: jax.Array)
         (1/B) sum_b || x_b - xhat(x_b + sigma eps_b) ||^2
 
     Noise-conditional networks (``sigma = [lo, hi]``): ``s_b`` is drawn log-uniformly
-    on ``[lo, hi]`` per example and each error is weighted by ``1 / c_out(s_b)^2``
-    (EDM weighting; it makes the regression target of the raw network unit-scale at
-    every noise level, so small noise levels are not drowned out)::
+    on ``[lo, hi]`` per example, the network is called as ``model(y, s)`` with ``s`` of
+    shape ``(B,)``, and each error is weighted by ``1 / c_out(s_b)^2`` with the model's
+    ``sigma_data`` (1 when it has none; EDM weighting: it makes the regression target
+    of the raw network unit-scale at every noise level, so small noise levels are not
+    drowned out)::
 
         (1/B) sum_b || x_b - xhat(x_b + s_b eps_b, s_b) ||^2 / c_out(s_b)^2
 
     Parameters
     ----------
-    model : Denoiser
+    model : nnx.Module
+        A ``Denoiser``, or any module with ``__call__(y)`` (fixed sigma) or
+        ``__call__(y, s)`` (noise-conditional).
     batch : array, shape (B, *event_shape)
         Clean samples.
     key : PRNG key
@@ -145,12 +182,12 @@ def loss_fn(model: Denoiser, batch: jax.Array, key: jax.Array, sigma: jax.Array)
     eps = _standard_normal(key_eps, batch.shape, batch.dtype)
     event_axes = tuple(range(1, batch.ndim))
     expand = (slice(None),) + (None,) * len(event_axes)
-    if model.noise_conditional:
+    if _noise_conditional(model):
         log_lo, log_hi = jnp.log(sigma[0]), jnp.log(sigma[1])
         u = jax.random.uniform(key_s, batch.shape[:1], batch.dtype)
         s = jnp.exp(log_lo + u * (log_hi - log_lo))
         xhat = model(batch + s[expand] * eps, s)
-        weight = 1.0 / edm_preconditioning(s, model.sigma_data)[1] ** 2
+        weight = 1.0 / edm_preconditioning(s, getattr(model, "sigma_data", 1.0))[1] ** 2
     else:
         xhat = model(batch + sigma * eps)
         weight = 1.0
@@ -159,7 +196,7 @@ def loss_fn(model: Denoiser, batch: jax.Array, key: jax.Array, sigma: jax.Array)
 
 @nnx.jit
 def train_step(
-    model: Denoiser,
+    model: nnx.Module,
     optimizer: nnx.Optimizer,
     batch: jax.Array,
     key: jax.Array,
@@ -172,18 +209,43 @@ def train_step(
 
 
 @nnx.jit
-def ema_update(ema_model: Denoiser, model: Denoiser, decay: jax.Array) -> None:
+def ema_update(ema_model: nnx.Module, model: nnx.Module, decay: jax.Array) -> None:
     """``theta_ema <- decay * theta_ema + (1 - decay) * theta`` in place."""
     ema = nnx.state(ema_model, nnx.Param)
     params = nnx.state(model, nnx.Param)
     nnx.update(ema_model, jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params))
 
 
+@functools.partial(nnx.jit, static_argnames=("ema_decay",))
+def train_on_batch(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    ema_model: nnx.Module,
+    batch: jax.Array,
+    key: jax.Array,
+    step: jax.Array,
+    sigma: jax.Array,
+    *,
+    ema_decay: float,
+) -> jax.Array:
+    """Step ``step`` of training on a given batch: ``train_step``, then ``ema_update``.
+
+    The noise comes from ``fold_in(key, step)`` (the second of its two splits), as in
+    ``train_iteration``; the EMA decay is warmed up as
+    ``min(ema_decay, (1 + t) / (10 + t))``.
+    """
+    key_noise = jax.random.split(jax.random.fold_in(key, step))[1]
+    loss = train_step(model, optimizer, batch, key_noise, sigma)
+    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+    ema_update(ema_model, model, decay)
+    return loss
+
+
 @functools.partial(nnx.jit, static_argnames=("batch_size", "ema_decay", "batch_sharding"))
 def train_iteration(
-    model: Denoiser,
+    model: nnx.Module,
     optimizer: nnx.Optimizer,
-    ema_model: Denoiser,
+    ema_model: nnx.Module,
     data: jax.Array,
     key: jax.Array,
     step: jax.Array,
@@ -193,33 +255,30 @@ def train_iteration(
     ema_decay: float,
     batch_sharding: NamedSharding | None = None,
 ) -> jax.Array:
-    """Step ``step`` of training: draw a batch, ``train_step``, ``ema_update``.
+    """Step ``step`` of training: draw a batch from ``data``, then ``train_on_batch``.
 
     The batch is ``batch_size`` indices drawn uniformly with replacement, and every
-    random number of step ``t`` comes from ``fold_in(key, t)``, so a run is a
-    deterministic function of the key and resuming at any step reproduces it. The
-    EMA decay is warmed up as ``min(ema_decay, (1 + t) / (10 + t))``. With
-    ``batch_sharding`` the batch is split over devices (data parallelism).
+    random number of step ``t`` comes from ``fold_in(key, t)`` (batch indices from its
+    first split, noise from its second), so a run is a deterministic function of the
+    key and resuming at any step reproduces it. With ``batch_sharding`` the batch is
+    split over devices (data parallelism).
     """
-    key_batch, key_noise = jax.random.split(jax.random.fold_in(key, step))
+    key_batch = jax.random.split(jax.random.fold_in(key, step))[0]
     batch = data[jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])]
     if batch_sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    loss = train_step(model, optimizer, batch, key_noise, sigma)
-    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-    ema_update(ema_model, model, decay)
-    return loss
+    return train_on_batch(model, optimizer, ema_model, batch, key, step, sigma, ema_decay=ema_decay)
 
 
 @nnx.jit
-def _squared_errors(model: Denoiser, x: jax.Array, eps: jax.Array, s: jax.Array) -> jax.Array:
+def _squared_errors(model: nnx.Module, x: jax.Array, eps: jax.Array, s: jax.Array) -> jax.Array:
     y = x + s * eps
-    xhat = model(y, s) if model.noise_conditional else model(y)
+    xhat = model(y, jnp.full(x.shape[:1], s)) if _noise_conditional(model) else model(y)
     return jnp.sum((x - xhat) ** 2, axis=tuple(range(1, x.ndim)))
 
 
 def denoising_errors(
-    model: Denoiser,
+    model: nnx.Module,
     data: Any,
     sigma: float,
     *,
@@ -235,9 +294,10 @@ def denoising_errors(
 
     Parameters
     ----------
-    model : Denoiser
+    model : nnx.Module
         A fixed-sigma network is called as ``model(y)`` (``sigma`` then only sets the
-        noise added), a noise-conditional one as ``model(y, sigma)``.
+        noise added), a noise-conditional one as ``model(y, s)`` with ``s`` of shape
+        ``(batch,)`` filled with ``sigma``.
     data : array, shape (N, *event_shape)
         Clean samples.
     sigma : float
@@ -278,7 +338,7 @@ def _check_sigma_value(sigma: Any) -> None:
         raise ValueError(f"sigma must be a finite positive number, got {sigma!r}")
 
 
-def _check_sigma(model: Denoiser, sigma: Any) -> float | tuple[float, float]:
+def _check_sigma(model: nnx.Module, sigma: Any) -> float | tuple[float, float]:
     if isinstance(sigma, (tuple, list)):
         if len(sigma) != 2:
             raise ValueError(f"a sigma range must be a pair (lo, hi), got {sigma!r}")
@@ -287,39 +347,41 @@ def _check_sigma(model: Denoiser, sigma: Any) -> float | tuple[float, float]:
         _check_sigma_value(hi)
         if not lo < hi:
             raise ValueError(f"sigma range (lo, hi) needs lo < hi, got {sigma!r}")
-        if not model.noise_conditional:
+        if not _noise_conditional(model):
             raise ValueError(
                 f"sigma={sigma!r} is a range but the model is a fixed-sigma network: pass a "
-                "float, or build the model with noise_conditional=True"
+                "float, or use a model called as model(y, s)"
             )
         return float(lo), float(hi)
     _check_sigma_value(sigma)
-    if model.noise_conditional:
+    if _noise_conditional(model):
         raise ValueError(
             f"the model is noise-conditional: pass a noise range sigma=(lo, hi), not {sigma!r}"
         )
-    if model.sigma is not None and not math.isclose(model.sigma, sigma, rel_tol=1e-6):
+    if getattr(model, "sigma", None) is not None and not math.isclose(model.sigma, sigma, rel_tol=1e-6):
         raise ValueError(
             f"the model was built for sigma={model.sigma} but training asked for sigma={sigma}"
         )
     return float(sigma)
 
 
-def _check_data(model: Denoiser, data: Any, name: str) -> np.ndarray:
+def _check_data(model: nnx.Module, data: Any, name: str) -> np.ndarray:
     data = np.asarray(data)
     if not np.issubdtype(data.dtype, np.floating):
         raise TypeError(
             f"{name} must be floating point, got dtype {data.dtype} (scale integer pixels, "
             "e.g. data / 255)"
         )
-    if data.ndim != 1 + model.event_ndim:
+    event_ndim = getattr(model, "event_ndim", None)
+    if data.ndim < 2 or (event_ndim is not None and data.ndim != 1 + event_ndim):
         raise ValueError(
-            f"{name} must have shape (N, *event_shape) with {model.event_ndim} event "
-            f"dimension(s) for {type(model).__name__}, got shape {data.shape}"
+            f"{name} must have shape (N, *event_shape) with {event_ndim or 'at least 1'} "
+            f"event dimension(s) for {type(model).__name__}, got shape {data.shape}"
         )
     if data.shape[0] < 1:
         raise ValueError(f"{name} is empty")
-    model.check_event_shape(tuple(data.shape[1:]))
+    if hasattr(model, "check_event_shape"):
+        model.check_event_shape(tuple(data.shape[1:]))
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return data
@@ -376,8 +438,16 @@ def _default_optimizer(
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
 
 
+def _is_batch_stream(data: Any) -> bool:
+    """Whether ``data`` is an iterable of batches (generator, Grain or tf.data pipeline)
+    rather than one array."""
+    if isinstance(data, (np.ndarray, jax.Array, list, tuple)) or hasattr(data, "__array__"):
+        return False
+    return hasattr(data, "__iter__") or hasattr(data, "__next__")
+
+
 def train_denoiser(
-    model: Denoiser,
+    model: nnx.Module,
     data: Any,
     sigma: float | tuple[float, float],
     *,
@@ -395,28 +465,45 @@ def train_denoiser(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 2,
+    overwrite: bool = False,
     normalisation: Mapping[str, Any] | None = None,
     progress_bar: bool = True,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
     mesh: Mesh | None = None,
 ) -> TrainResult:
     """Train a denoiser by least squares, ``min E||x - xhat(x + s eps)||^2``.
 
-    Each step draws ``batch_size`` clean samples uniformly (with replacement) from
-    ``data``, adds noise, takes an optimizer step on ``loss_fn`` and updates an
-    EMA of the weights. With more than one local device (or a given ``mesh``) the
-    batch is sharded over the mesh axis ``'data'`` and the weights are replicated.
+    Each step takes ``batch_size`` clean samples (drawn uniformly with replacement
+    from an array ``data``, or the next batch of an iterable ``data``), adds noise,
+    takes an optimizer step on ``loss_fn`` and updates an EMA of the weights. With
+    more than one local device (or a given ``mesh``) the batch is sharded over the
+    mesh axis ``'data'`` and the weights are replicated.
+
     With ``checkpoint_dir``, checkpoints are written every ``checkpoint_every`` steps
-    and at the end; if the directory already holds one, training resumes from the
-    latest (weights, optimizer state, EMA, step, loss history; the random stream is a
-    function of ``seed`` and the step) and ends with the same result as an
-    uninterrupted run. The settings must then equal those of the checkpoint.
+    and at the end. If the directory already holds a run with the same settings,
+    training resumes from its latest intact checkpoint (weights, optimizer state, EMA,
+    step, loss history; the random stream is a function of ``seed`` and the step) and
+    ends with the same result as an uninterrupted run. A larger ``steps`` continues a
+    run, finished or not: the default learning-rate schedule is stretched to the new
+    ``steps`` and the metadata's ``train.continued_from`` lists the earlier targets.
+    A damaged latest checkpoint is skipped with a warning; temporary folders left by a
+    killed save are removed. A folder that holds a saved model (``save_checkpoint``)
+    or a run with other settings is refused unless ``overwrite=True``, which deletes
+    those checkpoints first; a folder inside the installed package is always refused.
 
     Parameters
     ----------
-    model : Denoiser
-        Network to train (in place). A fixed-sigma network gets ``model.sigma = sigma``.
-    data : array, shape (N, *event_shape)
-        Clean training samples (floating point, finite).
+    model : nnx.Module
+        Network to train (in place): an ``MLP`` or ``UNet``, or any Flax NNX module
+        called as ``model(y)`` (fixed sigma) or ``model(y, s)`` with ``s`` of shape
+        ``(B,)`` (noise-conditional). A ``Denoiser`` with fixed sigma gets
+        ``model.sigma = sigma``. Checkpointing a class of your own needs
+        ``register_architecture`` first.
+    data : array, shape (N, *event_shape), or iterable of arrays (batch_size, *event_shape)
+        Clean training samples (floating point, finite): one array, or an iterable of
+        batches (a generator, a Grain or tf.data pipeline; anything ``np.asarray``
+        converts) yielding at least ``steps`` batches. A resumed run reads an iterable
+        from where it stands: position it at the resumed step for an exact resume.
     sigma : float or (float, float)
         Training noise level; a range ``(lo, hi)`` for a noise-conditional network,
         sampled log-uniformly per example.
@@ -431,7 +518,8 @@ def train_denoiser(
         Peak learning rate of the default schedule: linear warmup from 0, then cosine
         decay to ``0.01 * learning_rate`` at ``steps``.
     warmup_steps : int, optional
-        Warmup length; default ``min(1000, steps // 10)``.
+        Warmup length; default ``min(1000, steps // 10)`` (that of the run in
+        ``checkpoint_dir`` when continuing one).
     grad_clip : float or None
         Global-norm gradient clipping threshold (``None``: no clipping).
     weight_decay : float
@@ -440,7 +528,8 @@ def train_denoiser(
         EMA decay in ``[0, 1)``, warmed up as ``min(ema_decay, (1 + t) / (10 + t))``.
     eval_data : array, optional
         Held-out clean samples; the EMA network's mean squared error on them (fixed
-        noise from ``seed``) is recorded every ``eval_every`` steps and at the end.
+        noise from ``seed``) is recorded every ``eval_every`` steps and at the end, and
+        shown in the progress bar and the ``numpyro_wjs.train`` log.
     eval_every : int, optional
         Default ``max(1, steps // 10)``.
     seed : int
@@ -451,11 +540,19 @@ def train_denoiser(
         Default ``max(1, steps // 10)``.
     keep_checkpoints : int
         Number of most recent checkpoints kept.
+    overwrite : bool
+        Delete the checkpoints in ``checkpoint_dir`` (a saved model or another run)
+        and train from scratch.
     normalisation : mapping, optional
         JSON-serialisable description of the data scaling (e.g.
         ``{"pixel_range": [0, 1]}``), stored in the checkpoint metadata.
     progress_bar : bool
-        Show a tqdm bar with the running loss.
+        Show a tqdm bar with the running loss and the latest held-out MSE.
+    callback : callable, optional
+        Called as ``callback(step, metrics)`` every 50 steps, at every evaluation and
+        at the end; ``metrics["loss"]`` is the mean loss of the last 50 steps and, at
+        evaluations, ``metrics["heldout_mse"]`` maps each evaluation noise level to
+        the held-out MSE.
     mesh : jax.sharding.Mesh, optional
         Device mesh with an axis ``'data'``; default: all local devices if more than one.
 
@@ -466,8 +563,10 @@ def train_denoiser(
     Raises
     ------
     ValueError
-        For invalid settings or data; ``CheckpointError`` for an unreadable or
-        incompatible checkpoint in ``checkpoint_dir``.
+        For invalid settings or data; ``CheckpointError`` for an incompatible run, or
+        when no checkpoint in ``checkpoint_dir`` is intact.
+    FileExistsError
+        If ``checkpoint_dir`` holds a saved model and ``overwrite`` is false.
     FloatingPointError
         If the loss becomes NaN or infinite.
 
@@ -482,12 +581,25 @@ def train_denoiser(
     >>> result.ema_model(np.zeros(2, "float32")).shape
     (2,)
     """
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a numpyro_wjs Denoiser (MLP, UNet), got {type(model)}")
+    if not isinstance(model, nnx.Module):
+        raise TypeError(
+            f"model must be a Flax NNX module called as model(y) or model(y, s), got {type(model)}"
+        )
     steps = _check_positive_int("steps", steps)
     batch_size = _check_positive_int("batch_size", batch_size)
     sigma = _check_sigma(model, sigma)
-    data = _check_data(model, data, "data")
+    batches = None
+    if _is_batch_stream(data):
+        batches = iter(data)
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("data yielded no batches")
+        first = _check_data(model, first, "the first batch of data")
+        batches = itertools.chain([first], batches)
+        data_shape = first.shape[1:]
+    else:
+        data = _check_data(model, data, "data")
+        data_shape = data.shape[1:]
     if eval_data is not None:
         eval_data = _check_data(model, eval_data, "eval_data")
     if not 0.0 <= ema_decay < 1.0:
@@ -500,9 +612,6 @@ def train_denoiser(
         raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
-    warmup_steps = min(1000, steps // 10) if warmup_steps is None else warmup_steps
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
     eval_every = _check_positive_int("eval_every", eval_every or max(1, steps // 10))
     checkpoint_every = _check_positive_int(
         "checkpoint_every", checkpoint_every or max(1, steps // 10)
@@ -510,8 +619,18 @@ def train_denoiser(
     keep_checkpoints = _check_positive_int("keep_checkpoints", keep_checkpoints)
     mesh = _data_mesh(mesh, batch_size)
     _check_json("normalisation", normalisation)
+    previous: dict[str, Any] = {}
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        _base_metadata(model, None)  # an unregistered class fails now, not after training
+        _prepare_checkpoint_dir(checkpoint_dir, overwrite)
+        previous = _previous_settings(checkpoint_dir)
+    if warmup_steps is None:
+        warmup_steps = previous.get("warmup_steps", min(1000, steps // 10))
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
 
-    if not model.noise_conditional:
+    if isinstance(model, Denoiser) and not model.noise_conditional:
         model.sigma = sigma
     if optimizer is None:
         tx = _default_optimizer(steps, learning_rate, warmup_steps, grad_clip, weight_decay)
@@ -530,22 +649,18 @@ def train_denoiser(
         "grad_clip": grad_clip,
         "weight_decay": weight_decay,
         "ema_decay": ema_decay,
-        "num_examples": int(data.shape[0]),
+        "num_examples": None if batches is not None else int(data.shape[0]),
     }
     eval_sigmas = (
         np.geomspace(sigma[0], sigma[1], 3) if isinstance(sigma, tuple) else np.array([sigma])
     )
 
     start, losses, eval_steps, eval_mse = 0, [], [], []
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
-            raise ValueError(f"checkpoint_dir {checkpoint_dir} exists and is not a directory")
-        latest = _latest_checkpoint(checkpoint_dir)
-        if latest is not None:
-            start, losses, eval_steps, eval_mse = _resume(
-                latest, model, opt, ema_model, train_settings, data.shape[1:]
-            )
+    if checkpoint_dir is not None and _step_dirs(checkpoint_dir):
+        start, losses, eval_steps, eval_mse = _newest_intact(
+            checkpoint_dir,
+            lambda path: _resume(path, model, opt, ema_model, train_settings, data_shape),
+        )
 
     if mesh is not None:
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -555,29 +670,51 @@ def train_denoiser(
         batch_sharding = None
     state = nnx.state((model, opt, ema_model))
     nnx.update((model, opt, ema_model), jax.device_put(state, replicated))
-    data_device = jax.device_put(jnp.asarray(data), replicated)
-    sigma_device = jax.device_put(jnp.asarray(sigma, data_device.dtype), replicated)
+    if batches is None:
+        data_device = jax.device_put(jnp.asarray(data), replicated)
+        dtype = data_device.dtype
+    else:
+        dtype = jnp.asarray(first).dtype
+    sigma_device = jax.device_put(jnp.asarray(sigma, dtype), replicated)
     train_key, eval_key = jax.random.split(jax.random.key(seed))
-    iteration = functools.partial(
-        nnx.cached_partial(train_iteration, model, opt, ema_model),
-        batch_size=batch_size,
-        ema_decay=ema_decay,
-        batch_sharding=batch_sharding,
-    )
+    if batches is None:
+        iteration = functools.partial(
+            nnx.cached_partial(train_iteration, model, opt, ema_model), data_device,
+            batch_size=batch_size, ema_decay=ema_decay, batch_sharding=batch_sharding,
+        )
+    else:
+        on_batch = functools.partial(
+            nnx.cached_partial(train_on_batch, model, opt, ema_model), ema_decay=ema_decay
+        )
 
-    def evaluate(step: int) -> None:
+        def iteration(key: jax.Array, step: jax.Array, sigma: jax.Array) -> jax.Array:
+            batch = next(batches, None)
+            if batch is None:
+                raise ValueError(
+                    f"data ran out of batches at step {int(step)} of {steps}; pass an "
+                    "iterable that yields at least `steps` batches (e.g. repeat the dataset)"
+                )
+            batch = _check_data(model, batch, f"batch {int(step)} of data")
+            if batch.shape != (batch_size, *data_shape):
+                raise ValueError(
+                    f"batch {int(step)} of data has shape {batch.shape}, expected "
+                    f"{(batch_size, *data_shape)} (batch_size, *event_shape); drop incomplete "
+                    "batches (e.g. drop_remainder=True)"
+                )
+            return on_batch(jax.device_put(batch, batch_sharding or replicated), key, step, sigma)
+
+    def evaluate(step: int) -> dict[str, float]:
         errors = [
             denoising_errors(ema_model, eval_data, float(s), key=eval_key).mean(dtype=np.float64)
             for s in eval_sigmas
         ]
         eval_steps.append(step)
         eval_mse.append(errors)
+        return {f"{s:g}": float(e) for s, e in zip(eval_sigmas, errors)}
 
     pending: list[jax.Array] = []
 
-    def flush(step: int, bar: tqdm) -> None:
-        if not pending:
-            return
+    def flush(step: int) -> float:
         new = np.asarray(jax.device_get(pending), dtype=np.float64)
         pending.clear()
         if not np.all(np.isfinite(new)):
@@ -587,23 +724,31 @@ def train_denoiser(
                 "learning_rate, enable grad_clip or check the data scaling"
             )
         losses.extend(new.tolist())
-        bar.set_postfix(loss=f"{np.mean(losses[-_LOG_EVERY:]):.4g}")
+        return float(np.mean(losses[-_LOG_EVERY:]))
 
+    postfix: dict[str, str] = {}
     with tqdm(total=steps, initial=start, disable=not progress_bar, desc="train") as bar:
         for step in range(start, steps):
-            pending.append(iteration(data_device, train_key, jnp.int32(step), sigma_device))
+            pending.append(iteration(train_key, jnp.int32(step), sigma_device))
             done = step + 1
             bar.update(1)
-            if done % _LOG_EVERY == 0 or done == steps:
-                flush(done, bar)
-            if eval_data is not None and (done % eval_every == 0 or done == steps):
-                flush(done, bar)
-                evaluate(done)
-            if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps):
-                flush(done, bar)
+            evaluate_now = eval_data is not None and (done % eval_every == 0 or done == steps)
+            save_now = checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps)
+            if not (evaluate_now or save_now or done % _LOG_EVERY == 0 or done == steps):
+                continue
+            metrics: dict[str, Any] = {"loss": flush(done)}
+            postfix["loss"] = f"{metrics['loss']:.4g}"
+            if evaluate_now:
+                metrics["heldout_mse"] = evaluate(done)
+                postfix["heldout_mse"] = "/".join(f"{v:.4g}" for v in metrics["heldout_mse"].values())
+                _log.info("step %d: loss %s, held-out MSE %s", done, postfix["loss"], metrics["heldout_mse"])
+            bar.set_postfix(postfix)
+            if callback is not None:
+                callback(done, metrics)
+            if save_now:
                 _save_training_checkpoint(
                     checkpoint_dir, done, model, opt, ema_model, losses,
-                    eval_steps, eval_sigmas, eval_mse, train_settings, data.shape[1:],
+                    eval_steps, eval_sigmas, eval_mse, train_settings, data_shape,
                     normalisation, keep_checkpoints,
                 )
 
@@ -645,6 +790,35 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
+
+    A checkpoint is then written whole or not at all, and Orbax's background threads
+    are never cut off mid-save (which printed their tracebacks).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[Any, ...]] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)  # to the handler the block displaced
+
+
+def _file_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory`` but ``metadata.json``, by relative path."""
+    return {
+        file.relative_to(directory).as_posix(): hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(directory.rglob("*"))
+        if file.is_file() and file.name != "metadata.json"
+    }
+
+
 def _write_checkpoint(path: Path, items: dict[str, Any], metadata: dict[str, Any]) -> Path:
     """Write ``items`` (Orbax PyTrees) and ``metadata.json`` atomically to ``path``."""
     path = Path(path).absolute()
@@ -652,41 +826,90 @@ def _write_checkpoint(path: Path, items: dict[str, Any], metadata: dict[str, Any
         raise FileExistsError(f"checkpoint path {path} already exists; choose a new path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            for name, tree in items.items():
-                ckptr.save(tmp / name, jax.device_get(tree))
-            ckptr.wait_until_finished()
-        write_metadata(tmp / "metadata.json", {**metadata, "items": sorted(items)})
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _interrupts_deferred():
+        tmp.mkdir()
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                for name, tree in items.items():
+                    ckptr.save(tmp / name, jax.device_get(tree))
+                ckptr.wait_until_finished()
+            files = _file_digests(tmp)
+            write_metadata(tmp / "metadata.json", {**metadata, "items": sorted(items), "files": files})
+            tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
 
 
-def _base_metadata(model: Denoiser, step: int | None) -> dict[str, Any]:
-    name = type(model).__name__
-    if ARCHITECTURES.get(name) is not type(model):
-        raise TypeError(
-            f"cannot checkpoint {type(model)}: known architectures are {sorted(ARCHITECTURES)}"
+def register_architecture(cls: type[nnx.Module], name: str | None = None) -> type[nnx.Module]:
+    """Let checkpoints name the network class ``cls`` and ``load_denoiser`` rebuild it.
+
+    A checkpoint stores the class's registered name and ``model.config`` (a dict of
+    JSON-serialisable constructor keyword arguments; ``{}`` when the module has no
+    ``config``); loading calls ``cls(**config, rngs=nnx.Rngs(0))`` and restores the
+    weights. Only classes registered in the running program can be rebuilt: a
+    checkpoint never names code to import. Call it (or use it as a class decorator)
+    before saving or loading. ``MLP`` and ``UNet`` are registered already.
+
+    Parameters
+    ----------
+    cls : type
+        A ``flax.nnx.Module`` subclass whose constructor accepts ``**config`` and
+        ``rngs``.
+    name : str, optional
+        Name stored in checkpoints; default ``cls.__name__``.
+
+    Returns
+    -------
+    type
+        ``cls`` (so that it works as a decorator).
+
+    Raises
+    ------
+    TypeError
+        If ``cls`` is not an NNX module class.
+    ValueError
+        If ``name`` is taken by another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
+        raise TypeError(f"register_architecture needs an nnx.Module subclass, got {cls!r}")
+    name = cls.__name__ if name is None else name
+    if ARCHITECTURES.setdefault(name, cls) is not cls:
+        raise ValueError(
+            f"architecture name {name!r} is taken by {ARCHITECTURES[name]}; pass another name="
         )
+    return cls
+
+
+def _architecture_name(model: nnx.Module) -> str:
+    found = [name for name, cls in ARCHITECTURES.items() if cls is type(model)]
+    if not found:
+        raise TypeError(
+            f"cannot checkpoint {type(model).__qualname__}: register it first with "
+            f"numpyro_wjs.train.register_architecture({type(model).__name__})"
+        )
+    return found[0]
+
+
+def _base_metadata(model: nnx.Module, step: int | None) -> dict[str, Any]:
+    config = getattr(model, "config", {})
+    _check_json(f"{type(model).__name__}.config", config)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": _library_version(),
-        "architecture": name,
-        "config": model.config,
-        "noise_conditional": model.noise_conditional,
-        "sigma": model.sigma,
+        "architecture": _architecture_name(model),
+        "config": config,
+        "noise_conditional": _noise_conditional(model),
+        "sigma": getattr(model, "sigma", None),
         "step": step,
     }
 
 
 def save_checkpoint(
     path: str | Path,
-    model: Denoiser,
+    model: nnx.Module,
     *,
     optimizer: nnx.Optimizer | None = None,
     step: int | None = None,
@@ -698,9 +921,10 @@ def save_checkpoint(
     ----------
     path : str or Path
         New directory (must not exist).
-    model : Denoiser
+    model : nnx.Module
         Network whose ``nnx.Param`` values are saved (for a trained model, pass the
-        EMA network).
+        EMA network): an ``MLP``, a ``UNet`` or a class registered with
+        ``register_architecture``.
     optimizer : nnx.Optimizer, optional
         Its state is saved as well (item ``train_state``).
     step : int, optional
@@ -715,11 +939,11 @@ def save_checkpoint(
     Path
         The checkpoint directory.
     """
-    if not isinstance(model, Denoiser):
-        raise TypeError(f"model must be a numpyro_wjs Denoiser, got {type(model)}")
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be a Flax NNX module, got {type(model)}")
     meta = _base_metadata(model, step)
     extra = dict(metadata or {})
-    reserved = {"format", "format_version", "architecture", "config", "step", "items", "train"}
+    reserved = {"format", "format_version", "architecture", "config", "step", "items", "files", "train"}
     clash = sorted(set(extra) & reserved)
     if clash:
         raise ValueError(f"metadata may not set the reserved entries {clash}")
@@ -732,7 +956,7 @@ def save_checkpoint(
 
 
 def _save_training_checkpoint(
-    directory: Path, step: int, model: Denoiser, opt: nnx.Optimizer, ema_model: Denoiser,
+    directory: Path, step: int, model: nnx.Module, opt: nnx.Optimizer, ema_model: nnx.Module,
     losses: list[float], eval_steps: list[int], eval_sigmas: np.ndarray,
     eval_mse: list[list[float]], train_settings: dict[str, Any],
     data_shape: tuple[int, ...], normalisation: Mapping[str, Any] | None, keep: int,
@@ -757,7 +981,10 @@ def _save_training_checkpoint(
             "losses": np.asarray(losses, dtype=np.float32),
         },
     }
-    _write_checkpoint(directory / f"step_{step:08d}", items, meta)
+    path = directory / f"step_{step:08d}"
+    if path.exists():  # a damaged checkpoint that resuming skipped
+        shutil.rmtree(path)
+    _write_checkpoint(path, items, meta)
     for old in _step_dirs(directory)[:-keep]:
         shutil.rmtree(old[1])
 
@@ -773,27 +1000,99 @@ def _step_dirs(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _latest_checkpoint(directory: Path) -> Path | None:
-    found = _step_dirs(directory)
-    return found[-1][1] if found else None
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is one checkpoint (rather than a folder of ``step_*`` ones)."""
+    return (path / "metadata.json").exists() or (path / "weights").exists()
 
 
-def _locate(path: str | Path) -> Path:
-    """The checkpoint directory ``path`` names: itself, or its latest ``step_*``."""
+def _locate(path: str | Path) -> list[Path]:
+    """The checkpoints ``path`` names, to try in order: itself, or its ``step_*``
+    checkpoints from the newest."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file; a checkpoint is a directory")
-    if (path / "metadata.json").exists() or (path / "weights").exists():
-        return path
-    latest = _latest_checkpoint(path)
-    if latest is None:
+    if _is_checkpoint(path):
+        return [path]
+    found = [p for _, p in reversed(_step_dirs(path))]
+    if not found:
         raise FileNotFoundError(
             f"no checkpoint in {path}: expected metadata.json and weights/, or step_* "
             "checkpoint directories"
         )
-    return latest
+    return found
+
+
+class _IncompatibleCheckpoint(CheckpointError):
+    """An intact training checkpoint of another run (other settings): never skipped."""
+
+
+def _newest_intact(path: str | Path, use: Callable[[Path], Any]) -> Any:
+    """``use(checkpoint)`` on the newest checkpoint ``path`` names that ``use`` can read.
+
+    A damaged checkpoint is skipped with a warning; if none can be read, the newest
+    one's ``CheckpointError`` is raised. ``_IncompatibleCheckpoint`` is raised at once.
+    """
+    candidates = _locate(path)
+    first_error = None
+    for checkpoint in candidates:
+        try:
+            return use(checkpoint)
+        except _IncompatibleCheckpoint:
+            raise
+        except CheckpointError as err:
+            first_error = first_error or err
+            if checkpoint is not candidates[-1]:
+                warnings.warn(f"skipping damaged checkpoint ({err})", stacklevel=3)
+    raise first_error
+
+
+def check_outside_package(directory: Path, name: str) -> None:
+    """Raise ``ValueError`` if ``directory`` (the argument ``name``) lies inside the
+    installed package, which training must never write into."""
+    if Path(directory).resolve().is_relative_to(_PACKAGE_DIR):
+        raise ValueError(
+            f"{name} {directory} is inside the installed numpyro_wjs package; choose a folder outside it"
+        )
+
+
+def _prepare_checkpoint_dir(directory: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, clear) a training folder that is not ours to resume.
+
+    Removes the temporary folders of saves that were killed midway.
+    """
+    check_outside_package(directory, "checkpoint_dir")
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"checkpoint_dir {directory} exists and is not a directory")
+    if not directory.is_dir():
+        return
+    for tmp in directory.glob(".step_*.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not overwrite:
+        if _is_checkpoint(directory):
+            raise FileExistsError(
+                f"{directory} holds a saved model that training would hide from "
+                "load_denoiser; choose another folder or pass overwrite=True (CLI: --overwrite)"
+            )
+        return
+    for entry in ["metadata.json", "weights", "train_state", *(p.name for _, p in _step_dirs(directory))]:
+        target = directory / entry
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def _previous_settings(directory: Path) -> dict[str, Any]:
+    """Training settings of the newest readable checkpoint in ``directory`` (or ``{}``)."""
+    for _, path in reversed(_step_dirs(directory)):
+        try:
+            train = checkpoint_metadata(path).get("train")
+        except (CheckpointError, FileNotFoundError):
+            continue
+        return train if isinstance(train, dict) else {}
+    return {}
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -807,11 +1106,19 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
         If the metadata is missing, not valid JSON, or lacks required entries, or if a
         listed item is missing.
     """
-    path = _locate(path)
+    return _newest_intact(path, _checkpoint_metadata)
+
+
+def _checkpoint_metadata(path: Path) -> dict[str, Any]:
     meta_path = path / "metadata.json"
     if not meta_path.exists():
         raise CheckpointError(f"incomplete checkpoint {path}: weights without metadata.json")
     meta = _read_json(meta_path)
+    if meta.get("format") == "numpyro_wjs.DigitClassifier":
+        raise CheckpointError(
+            f"{path} holds a digit classifier, not a denoiser: load it with "
+            "numpyro_wjs.classifier.load_classifier"
+        )
     required = {
         "format": str,
         "format_version": int,
@@ -832,14 +1139,25 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
         )
     if meta["architecture"] not in ARCHITECTURES:
         raise CheckpointError(
-            f"checkpoint {path} names unknown architecture {meta['architecture']!r}; known: "
-            f"{sorted(ARCHITECTURES)}"
+            f"checkpoint {path} names unknown architecture {meta['architecture']!r} (registered: "
+            f"{sorted(ARCHITECTURES)}); register its class with register_architecture first"
         )
     if "weights" not in meta["items"]:
         raise CheckpointError(f"corrupt checkpoint {path}: metadata.json lists no weights item")
     for item in meta["items"]:
         if not (path / str(item)).is_dir():
             raise CheckpointError(f"incomplete checkpoint {path}: metadata.json without {item}/")
+    # Checked before Orbax reads anything: it reports damaged files in pages of log.
+    recorded = meta.get("files", {})
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"corrupt checkpoint {path}: metadata.json entry 'files' is not a dict")
+    found = _file_digests(path) if recorded else {}
+    damaged = sorted(name for name, digest in recorded.items() if found.get(name) != digest)
+    if damaged:
+        raise CheckpointError(
+            f"damaged checkpoint {path}: {damaged[0]} is missing or differs from its recorded "
+            f"SHA-256 ({len(damaged)} file(s) in all)"
+        )
     meta["path"] = str(path)
     return meta
 
@@ -856,6 +1174,18 @@ def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     }
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silence Orbax's (absl) log while reading: a damaged file is reported once, by us."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
 def _restore(path: Path, target: Any) -> Any:
     """Restore an Orbax PyTree into the structure, shapes and dtypes of ``target``.
 
@@ -864,7 +1194,7 @@ def _restore(path: Path, target: Any) -> Any:
     """
     abstract = _abstract(target)
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
             item_metadata = ckptr.metadata(path.absolute()).item_metadata
             if item_metadata is None:
                 raise CheckpointError(
@@ -893,7 +1223,7 @@ def _restore(path: Path, target: Any) -> Any:
     return restored
 
 
-def _build(meta: dict[str, Any]) -> Denoiser:
+def _build(meta: dict[str, Any]) -> nnx.Module:
     """The network named by the metadata, with placeholder (abstract) weights."""
     cls = ARCHITECTURES[meta["architecture"]]
     try:
@@ -905,28 +1235,34 @@ def _build(meta: dict[str, Any]) -> Denoiser:
         ) from err
 
 
-def load_denoiser(path: str | Path) -> Denoiser:
+def load_denoiser(path: str | Path) -> nnx.Module:
     """Rebuild a trained denoiser from a checkpoint directory alone.
 
     Parameters
     ----------
     path : str or Path
-        A checkpoint directory, or a training ``checkpoint_dir`` (its latest
-        checkpoint is used).
+        A checkpoint directory, or a training ``checkpoint_dir`` (its newest intact
+        checkpoint is used; a damaged newer one is skipped with a warning).
 
     Returns
     -------
-    Denoiser
-        The network with the published (EMA) weights, ready to call.
+    nnx.Module
+        The network with the published (EMA) weights, ready to call: an ``MLP``, a
+        ``UNet`` or a class registered with ``register_architecture``.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist or holds no checkpoint.
     CheckpointError
-        If the checkpoint is incomplete, corrupt or does not match its metadata.
+        If the checkpoint is incomplete, corrupt, does not match its metadata, names
+        an unregistered class, or is a classifier.
     """
-    meta = checkpoint_metadata(path)
+    return _newest_intact(path, _load)
+
+
+def _load(path: Path) -> nnx.Module:
+    meta = _checkpoint_metadata(path)
     abstract = _build(meta)
     graphdef, state = nnx.split(abstract)
     weights = _restore(Path(meta["path"]) / "weights", nnx.to_pure_dict(state))
@@ -936,39 +1272,52 @@ def load_denoiser(path: str | Path) -> Denoiser:
 
 def _resume(
     path: Path,
-    model: Denoiser,
+    model: nnx.Module,
     opt: nnx.Optimizer,
-    ema_model: Denoiser,
+    ema_model: nnx.Module,
     train_settings: dict[str, Any],
     data_shape: tuple[int, ...],
 ) -> tuple[int, list[float], list[int], list[list[float]]]:
-    """Load a training checkpoint into ``model``, ``opt`` and ``ema_model``."""
-    meta = checkpoint_metadata(path)
-    if "train" not in meta or "train_state" not in meta["items"]:
+    """Load a training checkpoint into ``model``, ``opt`` and ``ema_model``.
+
+    A checkpoint of a run with fewer or more ``steps`` is continued: its earlier
+    targets are recorded in ``train_settings["continued_from"]``.
+    """
+    meta = _checkpoint_metadata(path)
+    if not isinstance(meta.get("train"), dict) or "train_state" not in meta["items"]:
         raise CheckpointError(f"checkpoint {path} was not written by train_denoiser; cannot resume")
+    compared = [k for k in train_settings if k not in ("steps", "continued_from")]
     expected = {
-        "architecture": type(model).__name__,
-        "config": model.config,
+        "architecture": _architecture_name(model),
+        "config": getattr(model, "config", {}),
         "data_shape": list(data_shape),
-        **{f"train.{k}": v for k, v in train_settings.items()},
+        **{f"train.{k}": train_settings[k] for k in compared},
     }
     found = {
         "architecture": meta["architecture"],
         "config": meta["config"],
         "data_shape": meta.get("data_shape"),
-        **{f"train.{k}": meta["train"].get(k) for k in train_settings},
+        **{f"train.{k}": meta["train"].get(k) for k in compared},
     }
     differ = [k for k in expected if found[k] != expected[k]]
     if differ:
         details = "; ".join(f"{k}: checkpoint {found[k]!r}, now {expected[k]!r}" for k in differ)
-        raise CheckpointError(
+        raise _IncompatibleCheckpoint(
             f"cannot resume from {path}: settings differ ({details}); use the checkpoint's "
-            "settings or a new checkpoint_dir"
+            "settings, a new checkpoint_dir, or overwrite=True (CLI: --overwrite)"
         )
     step = meta.get("step")
-    valid_step = isinstance(step, int) and not isinstance(step, bool)
-    if not valid_step or not 0 < step <= train_settings["steps"]:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise CheckpointError(f"corrupt checkpoint {path}: invalid step {step!r} in metadata.json")
+    if step > train_settings["steps"]:
+        raise _IncompatibleCheckpoint(
+            f"cannot resume from {path}: it is at step {step}, beyond steps={train_settings['steps']}; "
+            f"pass steps >= {step}"
+        )
+    earlier = list(meta["train"].get("continued_from", []))
+    if meta["train"].get("steps") != train_settings["steps"]:
+        earlier.append(meta["train"].get("steps"))
+    train_settings["continued_from"] = earlier
     history = meta.get("eval_history", {})
     target = {
         "params": _pure_params(model),

@@ -36,7 +36,7 @@ from numpyro.util import identity, is_prng_key
 
 from . import langevin as core
 from .gibbs import ModelWalkJumpMixin
-from .kernels import ClosureKernel
+from .kernels import ClosureKernel, as_float
 from .kernels import check_positive as _positive
 from .sources import check_source
 
@@ -81,11 +81,6 @@ class WalkState(NamedTuple):
     """``grad log p_Y(y)``; the jump ``E[X|y]`` is ``y + sigma^2 score``, free of charge."""
 
 
-def _trapezoid_dlogp(y0, g0, y1, g1):
-    """``log p(y1) - log p(y0)`` by the trapezoid rule on the score (exact for Gaussians)."""
-    return 0.5 * jnp.sum((g0 + g1) * (y1 - y0))
-
-
 def walk_step(
     rng_key: Array,
     state: WalkState,
@@ -96,32 +91,20 @@ def walk_step(
 ) -> tuple[WalkState, Array]:
     """One walk step: BAOAB (underdamped) or ULA (overdamped) on ``p_Y``.
 
-    Returns the new state and an *estimated* Metropolis acceptance probability of
-    the step, with ``log p_Y`` differences from the trapezoid rule on the score.
-    It is exact when ``p_Y`` is locally Gaussian and is what warmup adapts the step
-    size to; the walk itself is never rejected.
+    Returns the new state and the *estimated* log Metropolis-Hastings ratio of the
+    step (``langevin.baoab_log_ratio`` / ``langevin.langevin_log_ratio``), with
+    ``log p_Y`` differences from the trapezoid rule on the score: exact when ``p_Y``
+    is locally Gaussian. Minus it is the step's energy error, which flags divergence
+    and (optionally) tunes the step; the walk itself is never rejected.
     """
     y0, v0, g0 = state
-    h = step_size
     if underdamped:
-        s = core.baoab_step(rng_key, core.UnderdampedState(y0, v0, g0), score_fn, h, friction)
-        # kinetic energy change of the deterministic halves (B A) and (A B); O is exact
-        v_a = v0 + 0.5 * h * g0  # after the first B
-        v_b = s.velocity - 0.5 * h * s.score  # before the last B
-        dk = 0.5 * (jnp.sum(v_a**2) - jnp.sum(v0**2) + jnp.sum(s.velocity**2) - jnp.sum(v_b**2))
-        log_ratio = _trapezoid_dlogp(y0, g0, s.position, s.score) - dk
-        new = WalkState(s.position, s.velocity, s.score)
-    else:
-        s = core.ula_step(rng_key, core.LangevinState(y0, g0), score_fn, h)
-        y1, g1 = s
-
-        def log_q(a, b, gb):
-            return -jnp.sum((a - b - h * gb) ** 2) / (4 * h)
-
-        log_ratio = _trapezoid_dlogp(y0, g0, y1, g1) + log_q(y0, y1, g1) - log_q(y1, y0, g0)
-        new = WalkState(y1, v0, g1)
-    accept = jnp.minimum(1.0, jnp.exp(jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)))
-    return new, accept
+        old = core.UnderdampedState(y0, v0, g0)
+        s = core.baoab_step(rng_key, old, score_fn, step_size, friction)
+        return WalkState(*s), core.baoab_log_ratio(old, s, step_size)
+    y1, g1 = core.ula_step(rng_key, core.LangevinState(y0, g0), score_fn, step_size)
+    dlogp = core.trapezoid_dlogp(y0, g0, y1, g1)
+    return WalkState(y1, v0, g1), core.langevin_log_ratio(y0, g0, y1, g1, dlogp, step_size)
 
 
 def sequential_jump(
@@ -179,7 +162,8 @@ WalkJumpState = namedtuple(
 - **accept_prob**: estimated Metropolis acceptance of the last walk steps (see
   ``walk_step``); drives step-size adaptation, never rejects.
 - **mean_accept_prob**: its running mean.
-- **diverging**: the last walk step produced non-finite values and was discarded.
+- **diverging**: a walk step of this draw was non-finite or had an estimated energy
+  error above ``langevin.MAX_LOG_ACCEPT_DROP``; it was discarded.
 - **adapt_state**: ``HMCAdaptState``; ``adapt_state.step_size`` is the walk step size.
 - **rng_key**: random key.
 - **score**: ``grad log p_Y(y)``.
@@ -229,13 +213,22 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
 
     **Step size.** The Hessian of ``log p_Y`` is ``(Cov[X|y] - sigma^2 I) / sigma^4
     >= -I / sigma^2``, so the stiffest direction of ``p_Y`` has frequency at most
-    ``1 / sigma``: the walk step scales with ``sigma`` (``sigma^2`` for the overdamped
-    walk). The default initial step is ``0.5 * sigma`` (the choice of the public
-    walk-jump code bases) and the step never exceeds ``1.5 * sigma``. During warmup it
-    is tuned by dual averaging (``numpyro.infer.hmc_util``) so that the *estimated*
-    Metropolis acceptance of a walk step, with ``log p_Y`` differences from the
-    trapezoid rule on the score (exact for locally Gaussian ``p_Y``), equals
-    ``target_accept_prob``: a bound on the discretisation error, not a rejection.
+    ``1 / sigma`` *in every dimension*: the walk step scales with ``sigma``
+    (``sigma^2`` for the overdamped walk), and never exceeds ``1.5 * sigma`` (BAOAB
+    is unstable from ``2 sigma`` on). The underdamped walk's default is a fixed step
+    ``sigma`` with friction 0.5: how far a step moves, in units of the smoothing,
+    does not depend on the dimension, so neither does the mixing per step (BAOAB is
+    exact on Gaussian ``p_Y`` at any stable step, so the fixed step adds no bias
+    there). Tuning the step to a Metropolis acceptance of the whole step would
+    shrink it as ``d`` grows (the energy error of a step sums over coordinates), and
+    the walk with it. With ``adapt_step_size=True`` (the default of the overdamped
+    walk, whose bias grows with the step) warmup tunes the step by dual averaging
+    (``numpyro.infer.hmc_util``) so that the *estimated* Metropolis acceptance of a
+    walk step, with ``log p_Y`` differences from the trapezoid rule on the score
+    (exact for locally Gaussian ``p_Y``), equals ``target_accept_prob``: a bound on
+    the discretisation error, not a rejection. A walk step that is non-finite or
+    whose estimated energy error exceeds ``langevin.MAX_LOG_ACCEPT_DROP`` is
+    discarded and flagged in ``diverging``.
 
     **Without a denoiser** (``model=`` or ``potential_fn=``): Gibbs sampling on
     ``(z, y)`` from ``numpyro_wjs.gibbs``: the walk ``y ~ N(z, sigma^2 I)``, the
@@ -264,10 +257,12 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
     sigma : float
         Noise level of the walk, ``> 0``.
     step_size : float, optional
-        Initial walk step; default ``0.5 * sigma`` (underdamped) or ``0.5 * sigma**2``
-        (overdamped), never more than 1.5 of those units (the stability bound is 2).
+        Walk step (initial step when adapted); default ``sigma`` (underdamped) or
+        ``0.5 * sigma**2`` (overdamped), never more than 1.5 of those units (the
+        stability bound is 2).
     friction : float
-        Friction of the underdamped walk (per unit time), default 1.
+        Friction of the underdamped walk (per unit time), default 0.5:
+        ``exp(-0.5 sigma)`` of the velocity survives a default step.
     underdamped : bool
         BAOAB walk (default) or overdamped (ULA) walk.
     jump_every : int
@@ -280,10 +275,11 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
         Langevin steps per conditional measurement in sequential mode.
     noise_conditional : bool
         Whether ``denoiser`` takes the noise level as second argument.
-    adapt_step_size : bool
-        Tune the walk step during warmup.
+    adapt_step_size : bool, optional
+        Tune the walk step during warmup; default False for the underdamped walk
+        (fixed step ``sigma``), True for the overdamped one.
     target_accept_prob : float
-        Target of the estimated acceptance (default 0.9).
+        Target of the estimated acceptance when adapting (default 0.9).
     init_noisy : bool
         If True, ``init_params`` are walk positions ``y0``; otherwise they are clean
         points ``x0`` and the walk starts at ``y0 = x0 + sigma * eps``.
@@ -335,14 +331,14 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
         model=None,
         potential_fn=None,
         step_size: float | None = None,
-        friction: float = 1.0,
+        friction: float = 0.5,
         underdamped: bool = True,
         jump_every: int = 1,
         num_measurements: int = 1,
         mode: str = "joint",
         num_inner_steps: int = 20,
         noise_conditional: bool = False,
-        adapt_step_size: bool = True,
+        adapt_step_size: bool | None = None,
         target_accept_prob: float = 0.9,
         init_noisy: bool = False,
         num_mala_steps: int = 5,
@@ -363,7 +359,7 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
                 model, potential_fn, lo, hi / lo, num_mala_steps,
                 None if step_size is None else _positive("step_size", step_size),
                 sigma is None if adapt_sigma is None else adapt_sigma, target_hop_accept_prob,
-                adapt_step_size, adapt_mass_matrix, init_strategy,
+                True if adapt_step_size is None else adapt_step_size, adapt_mass_matrix, init_strategy,
             )
             return
         if model is not None or potential_fn is not None:
@@ -379,7 +375,8 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
         # time scale of the stiffest direction of p_Y: sigma (underdamped), sigma^2 (overdamped)
         scale = self._sigma if underdamped else self._sigma**2
         self._max_step_size = _MAX_STEP * scale
-        self._step_size = 0.5 * scale if step_size is None else _positive("step_size", step_size)
+        default_step = 1.0 * scale if underdamped else 0.5 * scale
+        self._step_size = default_step if step_size is None else _positive("step_size", step_size)
         if self._step_size > self._max_step_size:
             raise ValueError(
                 f"`step_size`={step_size} exceeds the stability bound {self._max_step_size:.3g} of the walk "
@@ -407,7 +404,7 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
         self._M = num_measurements
         self._mode = mode
         self._num_inner_steps = num_inner_steps
-        self._adapt_step_size = adapt_step_size
+        self._adapt_step_size = (not underdamped) if adapt_step_size is None else adapt_step_size
         self._target_accept_prob = target_accept_prob
         self._init_noisy = init_noisy
         self._sample_fn = None
@@ -479,9 +476,7 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
             raise ValueError("WalkJump: pass `init_params` (a clean point x0, or y0 with init_noisy=True).")
         self._num_warmup = num_warmup
         batched = not is_prng_key(rng_key)
-        init_params = jnp.asarray(init_params)
-        if not jnp.issubdtype(init_params.dtype, jnp.floating):
-            init_params = init_params.astype(jnp.result_type(float))
+        init_params = as_float(init_params)
         x_example = init_params[0] if batched else init_params
         self._check_denoiser(x_example)
         wa_init, self._wa_update = warmup_adapter(
@@ -505,10 +500,10 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
             return WalkJumpState(jnp.array(0), x, st.position, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
 
         if batched:
-            state = vmap(init_one)(init_params, rng_key)
+            state = jax.jit(vmap(init_one))(init_params, rng_key)
             self._sample_fn = vmap(self._sample_one, in_axes=(0, None, None))
         else:
-            state = init_one(init_params, rng_key)
+            state = jax.jit(init_one)(init_params, rng_key)
             self._sample_fn = self._sample_one
         try:
             finite = bool(jnp.all(jnp.isfinite(state.score)))
@@ -543,11 +538,11 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
         rng_key, key_walk, key_jump = random.split(state.rng_key, 3)
 
         def body(carry, key):
-            st, _ = carry
-            new, accept = walk_step(key, st, score_fn, step_size, self._friction, self._underdamped)
-            ok = core.all_finite(*new)
+            st, diverged = carry
+            new, log_ratio = walk_step(key, st, score_fn, step_size, self._friction, self._underdamped)
+            ok = core.all_finite(*new) & (log_ratio >= -core.MAX_LOG_ACCEPT_DROP)
             new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, st)
-            return (new, ~ok), jnp.where(ok, accept, 0.0)
+            return (new, diverged | ~ok), jnp.where(ok, core.accept_prob(log_ratio), 0.0)
 
         st = WalkState(state.y, state.velocity, state.score)
         (st, diverging), accepts = jax.lax.scan(body, (st, jnp.array(False)), random.split(key_walk, self._jump_every))

@@ -45,3 +45,29 @@ def assert_moments_close(draws, mean, cov, n_se=N_SE):
     for i in range(d):
         for j in range(i, d):
             assert_mean_close(centred[..., i] * centred[..., j], cov[i, j], n_se, what=f"cov[{i},{j}]")
+
+
+def assert_within(draws, expected, atol, what="mean", stat="mean", n_se=N_SE):
+    """``|stat(draws) - expected| <= atol`` for a fixed tolerance ``atol`` (e.g. NumPyro's).
+
+    ``stat`` is ``"mean"`` or ``"sd"`` (pooled over chains), draws of shape (chain, draw).
+    The Monte Carlo error must also resolve the tolerance, ``n_se * MCSE <= atol``:
+    otherwise a pass could be luck (too few or too autocorrelated draws).
+    """
+    draws = np.asarray(draws, dtype=np.float64)
+    if draws.ndim == 1:
+        draws = draws[None]
+    if stat == "mean":
+        est = draws.mean()
+    elif stat == "sd":
+        est = draws.std()
+    else:
+        raise ValueError(f"stat must be 'mean' or 'sd', got {stat!r}")
+    assert np.all(np.isfinite(draws)), f"{what}: draws are not all finite"
+    se = float(az.mcse(draws, method=stat))
+    assert abs(est - expected) <= atol, (
+        f"{what}: estimate {est:.5g} vs exact {expected:.5g}; tolerance {atol:.3g} (MCSE {se:.3g})"
+    )
+    assert n_se * se <= atol, (
+        f"{what}: Monte Carlo error does not resolve the tolerance: {n_se} x MCSE = {n_se * se:.3g} > {atol:.3g}"
+    )

@@ -3,10 +3,16 @@
 import contextlib
 import io
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from flax import nnx
 
 from numpyro_wjs import cli
 
@@ -127,6 +133,111 @@ def test_train_command_writes_a_loadable_checkpoint(tmp_path, capsys):
 
 
 def test_train_command_rejects_bad_sigmas(capsys):
-    assert cli.main(["train", "--sigma", "0"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--sigma", "0"])
+    assert info.value.code == 2
     assert cli.main(["train", "--sigma-range", "1", "0.5"]) == 2
     assert "sigma" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ train: the user's files
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["train", "--data", "mixture", "--hidden", "16", "--steps", "20", "--checkpoint-every", "10"]
+
+
+def run_cli(*args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    code = "import sys; from numpyro_wjs.cli import main; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_train_never_shadows_a_saved_model(tmp_path):
+    """End to end: training into a folder with a saved model refuses; with --overwrite
+    the folder afterwards loads the new model, never the stale one."""
+    from numpyro_wjs.denoisers import MLP
+    from numpyro_wjs.train import load_denoiser, save_checkpoint
+
+    out = tmp_path / "out"
+    save_checkpoint(out, MLP(2, (8,), sigma=0.2, rngs=nnx.Rngs(0)))
+    refused = run_cli(*TINY, "--sigma", "0.5", "--out", str(out))
+    stdout, stderr = refused.communicate(timeout=300)
+    assert refused.returncode == 1, stderr
+    assert stderr.count("\n") == 1 and "saved model" in stderr and "--overwrite" in stderr
+    assert load_denoiser(out).sigma == 0.2
+    done = run_cli(*TINY, "--sigma", "0.5", "--out", str(out), "--overwrite")
+    stdout, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr
+    net = load_denoiser(out)
+    assert net.sigma == 0.5 and net.config["hidden"] == [16]
+
+
+def test_train_interrupted_during_saves_prints_one_line(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("train", "--data", "mixture", "--hidden", "16", "--steps", "100000",
+                   "--checkpoint-every", "1", "--out", str(out))
+    deadline = time.monotonic() + 240
+    while not any(out.glob("step_*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # several saves a second: the interrupt lands in or near one
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("train")]
+    assert proc.returncode == 130 and lines == ["numpyro-wjs train: interrupted"], stderr[-3000:]
+    assert not list(out.glob(".step_*")), "a temporary checkpoint folder was left behind"
+
+
+def test_train_refuses_the_package_and_conflicting_flags(capsys):
+    from numpyro_wjs.pretrained import MNIST_DENOISER_DIR
+
+    before = sorted(p.name for p in MNIST_DENOISER_DIR.iterdir())
+    cases = {
+        ("--out", str(MNIST_DENOISER_DIR)): "inside the installed numpyro_wjs package",
+        ("--out", str(MNIST_DENOISER_DIR / "new")): "inside the installed numpyro_wjs package",
+        ("--sigma", "0.5", "--sigma-range", "0.1", "1"): "exclude each other",
+        ("--data", "digits", "--hidden", "16"): "--hidden does not apply to --data digits",
+        ("--data", "mixture", "--channels", "8"): "--channels does not apply to --data mixture",
+        ("--data-path", ""): "--data-path is empty",
+        ("--data", "digits", "--download"): "needs no download",
+    }
+    for argv, message in cases.items():
+        assert cli.main(["train", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in MNIST_DENOISER_DIR.iterdir()) == before
+    assert not (MNIST_DENOISER_DIR / "new").exists()
+    for bad in (["--lr", "-1"], ["--lr", "nan"], ["--sigma", "-0.5"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", *bad])
+        assert info.value.code == 2
+    assert "expected a positive number" in capsys.readouterr().err
+
+
+def test_train_failures_are_one_line_exit_1(tmp_path, capsys):
+    assert cli.main(["train", "--data", "mnist", "--data-path", str(tmp_path / "nonexistent")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t10k-images-idx3-ubyte" in err and "--download" in err
+    out = tmp_path / "run"
+    assert cli.main([*TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main([*TINY, "--out", str(out), "--batch-size", "16"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "settings differ" in err and "--overwrite" in err
+
+
+def test_train_continues_a_finished_run_and_warns_in_one_line(tmp_path, capsys):
+    from numpyro_wjs.train import checkpoint_metadata
+
+    out = tmp_path / "run"
+    assert cli.main([*TINY, "--out", str(out)]) == 0
+    for file in (out / f"step_{20:08d}" / "weights").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"damaged")
+    capsys.readouterr()
+    assert cli.main([*TINY[:-4], "--steps", "30", "--checkpoint-every", "10", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "skipping damaged checkpoint" in warning[0]
+    meta = checkpoint_metadata(out)
+    assert meta["step"] == 30 and meta["train"]["continued_from"] == [20]

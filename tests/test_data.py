@@ -60,6 +60,8 @@ def test_real_mnist_checksums_and_labels():
     for name, md5 in README_MD5.items():
         raw = gzip.decompress((SHARED_MNIST / name).read_bytes())
         assert hashlib.md5(raw).hexdigest() == md5
+        # The shipped SHA-256 of the t10k pair are those of the project's real copy.
+        assert hashlib.sha256(raw).hexdigest() == data.MNIST_SHA256[name.removesuffix(".gz")]
     images, labels = load_mnist(SHARED_MNIST, split="all")
     assert images.shape == (10000, 28, 28, 1)
     assert images.dtype == np.float32 and labels.dtype == np.int32
@@ -111,8 +113,12 @@ def test_missing_everywhere_lists_places(monkeypatch, tmp_path):
 
 
 def test_missing_dir_and_bad_split(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not contain"):
+    with pytest.raises(FileNotFoundError, match="lacks t10k-images-idx3-ubyte.*--download"):
         load_mnist(tmp_path / "absent")
+    write_pair(tmp_path, "t10k", 8010)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks t10k-labels-idx1-ubyte\(\.gz\);.*--data-path"):
+        load_mnist(tmp_path)
     write_pair(tmp_path, "t10k", 8010)
     with pytest.raises(ValueError, match="split must be one of"):
         load_mnist(tmp_path, split="test")
@@ -223,16 +229,16 @@ def test_missing_file(tmp_path):
 @pytest.fixture
 def served(tmp_path, monkeypatch):
     """Fake mirrors: the first always fails, the second serves synthetic files whose
-    uncompressed checksums replace the table in ``data.MNIST_MD5``."""
+    uncompressed checksums replace the table in ``data.MNIST_SHA256``."""
     source = tmp_path / "source"
     source.mkdir()
     write_pair(source, "t10k", 8003, seed=3)
     write_pair(source, "train", 4, seed=4)
-    md5 = {
-        stem: hashlib.md5(gzip.decompress((source / f"{stem}.gz").read_bytes())).hexdigest()
-        for stem in data.MNIST_MD5
+    sha256 = {
+        stem: hashlib.sha256(gzip.decompress((source / f"{stem}.gz").read_bytes())).hexdigest()
+        for stem in data.MNIST_SHA256
     }
-    monkeypatch.setattr(data, "MNIST_MD5", md5)
+    monkeypatch.setattr(data, "MNIST_SHA256", sha256)
     calls = []
 
     def fake_fetch(url, dest):
@@ -254,14 +260,31 @@ def test_download_writes_verified_files(tmp_path, served, monkeypatch):
     monkeypatch.setattr(data, "MNIST_MIRRORS", MIRRORS)
     images, labels = load_mnist(split="train", download=True, cache_dir=cache)
     assert images.shape == (4 + 8000, 28, 28, 1) and labels.shape == (8004,)
-    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in data.MNIST_MD5)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in data.MNIST_SHA256)
     assert len(calls) == 8  # every file: the dead mirror, then the live one
     download_mnist(cache, mirrors=MIRRORS)
     assert len(calls) == 8  # verified files are not downloaded again
 
 
+def test_download_fetches_only_what_the_split_needs(tmp_path, served, monkeypatch):
+    source, calls = served
+    monkeypatch.setattr(data, "MNIST_MIRRORS", ("https://up.example/mnist",))
+    directory = tmp_path / "t10k_only"
+    directory.mkdir()
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (directory / f"{stem}.gz").write_bytes((source / f"{stem}.gz").read_bytes())
+    images, _ = load_mnist(directory, download=True, split="heldout")
+    assert images.shape == (3, 28, 28, 1) and calls == []  # the train files are not needed
+    load_mnist(directory, download=True, split="train")
+    assert sorted(url.rsplit("/", 1)[1] for url in calls) == [
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
+    ]
+    with pytest.raises(ValueError, match="unknown MNIST files"):
+        download_mnist(directory, files=["t10k-images"])
+
+
 def test_download_checksum_mismatch_leaves_nothing(tmp_path, served, monkeypatch):
-    monkeypatch.setitem(data.MNIST_MD5, "t10k-images-idx3-ubyte", "0" * 32)
+    monkeypatch.setitem(data.MNIST_SHA256, "t10k-images-idx3-ubyte", "0" * 64)
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="does not match the known MNIST checksum"):
         download_mnist(cache, mirrors=MIRRORS)
@@ -278,17 +301,13 @@ def test_download_unreachable(tmp_path, served):
 def test_download_accepts_real_files(tmp_path, monkeypatch):
     """The real t10k bytes pass the shipped checksums (train-* are not available here)."""
     monkeypatch.setattr(
-        data, "MNIST_MD5", {k: v for k, v in data.MNIST_MD5.items() if k.startswith("t10k")}
-    )
-    monkeypatch.setattr(
         data,
         "_fetch",
         lambda url, dest: Path(dest).write_bytes(
             (SHARED_MNIST / url.rsplit("/", 1)[1]).read_bytes()
         ),
     )
-    directory = download_mnist(tmp_path)
-    assert load_mnist(directory, split="heldout")[0].shape == (2000, 28, 28, 1)
+    assert load_mnist(tmp_path, download=True, split="heldout")[0].shape == (2000, 28, 28, 1)
 
 
 # ------------------------------------------------------------ other data sources

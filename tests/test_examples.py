@@ -41,6 +41,18 @@ def test_examples_exist():
     assert len(SCRIPTS) == 8, [s.name for s in SCRIPTS]
 
 
+def test_examples_write_to_figures_not_the_docs(tmp_path, monkeypatch):
+    """By default an example writes to ./figures; docs/figures only when asked."""
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    monkeypatch.chdir(tmp_path)
+    import _cli
+
+    assert _cli.parse_args("doc", []).out.resolve() == tmp_path / "figures"
+    assert (tmp_path / "figures").is_dir()
+    docs = ROOT / "docs" / "figures"
+    assert _cli.parse_args("doc", ["--out", str(docs)]).out == docs
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_example_runs_fast(script, tmp_path):
     if script.name in NEEDS_MNIST:

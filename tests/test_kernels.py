@@ -43,7 +43,7 @@ def _run(kernel, num_warmup=500, num_samples=2000, num_chains=4, chain_method="v
 # ----------------------------------------------------------------- exactness and known bias
 def test_ula_kernel_has_the_known_bias():
     s2, h = 2.0, 1.0
-    mcmc = _run(ULA(score_fn=lambda x: -x / s2, step_size=h), num_samples=3000, num_chains=16,
+    mcmc = _run(ULA(score_fn=lambda x: -x / s2, step_size=h, adapt_step_size=False), num_samples=3000, num_chains=16,
                 init_params=jnp.zeros((16, 1)))
     draws = np.asarray(mcmc.get_samples(group_by_chain=True))
     assert_moments_close(draws, [0.0], [[s2 / (1 - h / (2 * s2))]])
@@ -68,7 +68,7 @@ def test_mala_recovers_ill_conditioned_gaussian_with_adaptation(dense):
 def test_underdamped_exact_on_gaussian_from_a_score():
     cov = np.array([[1.0, 0.5], [0.5, 0.8]])
     prec = jnp.asarray(np.linalg.inv(cov))
-    kernel = UnderdampedLangevin(score_fn=lambda z: -prec @ z, step_size=0.8, friction=1.0)
+    kernel = UnderdampedLangevin(score_fn=lambda z: -prec @ z, step_size=0.8, friction=1.0, adapt_step_size=False)
     mcmc = _run(kernel, num_samples=3000, num_chains=8, init_params=jnp.zeros((8, 2)))
     assert_moments_close(np.asarray(mcmc.get_samples(group_by_chain=True)), [0.0, 0.0], cov)
 
@@ -103,9 +103,9 @@ def test_mala_on_a_model_with_a_constrained_site():
 @pytest.mark.parametrize("kernel_cls", [UnderdampedLangevin, ULA])
 def test_unadjusted_kernel_on_a_model_with_a_constrained_site(kernel_cls):
     # In unconstrained space the target is N(LOC, SCALE^2): BAOAB's position marginal is exact
-    # and ULA's variance is s2 / (1 - h / (2 s2)) at its step h (read per chain, in case warmup
-    # tuned it). A tempered kernel (wrong noise scale) fails the variance check.
-    mcmc = _run(kernel_cls(_lognormal_model, step_size=0.05), num_warmup=500, num_samples=3000,
+    # and ULA's variance is s2 / (1 - h / (2 s2)) at its step h (read per chain from the
+    # recorded step). A tempered kernel (wrong noise scale) fails the variance check.
+    mcmc = _run(kernel_cls(_lognormal_model, step_size=0.05, adapt_step_size=False), num_warmup=500, num_samples=3000,
                 extra_fields=("adapt_state.step_size",))
     rate = np.asarray(mcmc.get_samples(group_by_chain=True)["rate"], np.float64)
     assert rate.min() > 0
@@ -151,7 +151,7 @@ def test_pytree_positions(kernel_cls):
         kernel = MALA(potential_fn=lambda z: 0.5 * jnp.sum(z["a"] ** 2) + z["b"] ** 2 / 8)
     else:
         score = lambda z: {"a": -z["a"], "b": -z["b"] / 4}
-        kernel = kernel_cls(score_fn=score, step_size=0.1 if kernel_cls is ULA else 0.3)
+        kernel = kernel_cls(score_fn=score, step_size=0.1 if kernel_cls is ULA else 0.3, adapt_step_size=False)
     init = {"a": jnp.zeros((4, 3)), "b": jnp.zeros(4)}
     mcmc = _run(kernel, num_samples=1000, init_params=init, extra_fields=("adapt_state.step_size",))
     s = mcmc.get_samples()

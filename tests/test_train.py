@@ -12,6 +12,7 @@ comparison allows 5 se (a false failure has probability below 1e-6 under normali
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from numpyro_wjs import train as train_module
 from numpyro_wjs.denoisers import MLP, UNet
 from numpyro_wjs.targets import GaussianMixture
 from numpyro_wjs.train import (
@@ -29,6 +31,7 @@ from numpyro_wjs.train import (
     checkpoint_metadata,
     denoising_errors,
     load_denoiser,
+    register_architecture,
     save_checkpoint,
     train_denoiser,
 )
@@ -294,6 +297,12 @@ def test_corrupt_weight_files(ckpt):
     for file in (ckpt / "weights").rglob("*"):
         if file.is_file():
             file.write_bytes(rng.bytes(max(file.stat().st_size, 16)))
+    with pytest.raises(CheckpointError, match="damaged checkpoint .*SHA-256"):
+        load_denoiser(ckpt)
+    # Checkpoints without recorded digests (older ones) are still checked by Orbax.
+    meta = json.loads((ckpt / "metadata.json").read_text())
+    del meta["files"]
+    (ckpt / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="cannot restore"):
         load_denoiser(ckpt)
 
@@ -372,7 +381,7 @@ def test_data_parallel_matches_single_device(straight, data, tmp_path):
         (dict(data=np.zeros((10, 2), np.int32)), TypeError, "floating"),
         (dict(eval_data=np.zeros((4, 5), np.float32)), ValueError, r"\(\.\.\., 2\)"),
         (dict(ema_decay=1.0), ValueError, "ema_decay"),
-        (dict(model="net"), TypeError, "Denoiser"),
+        (dict(model="net"), TypeError, "NNX module"),
     ],
 )
 def test_bad_inputs(change, error, message):
@@ -396,3 +405,223 @@ def test_divergence_raises(data):
     x, _ = data
     with pytest.raises(FloatingPointError, match="loss became"):
         train_denoiser(tiny_mlp(), np.full_like(x, 1e30), SIGMA, **{**RUN, "eval_every": None})
+
+
+# ---------------------------------------------------------------------------
+# Networks of the user's own, iterators of batches, continuing, callbacks
+
+
+@register_architecture
+class ResidualNet(nnx.Module):
+    """A user's fixed-sigma network, not from this package: ``y + F(y)``."""
+
+    def __init__(self, dim, width, *, rngs):
+        self.dim, self.width = dim, width
+        self.inner = nnx.Linear(dim, width, rngs=rngs)
+        self.outer = nnx.Linear(width, dim, rngs=rngs)
+
+    @property
+    def config(self):
+        return {"dim": self.dim, "width": self.width}
+
+    def __call__(self, y):
+        return y + self.outer(nnx.tanh(self.inner(y)))
+
+
+class ConditionalNet(nnx.Module):
+    """A user's noise-conditional network ``F(y, log s)``, never registered."""
+
+    def __init__(self, dim, *, rngs):
+        self.linear = nnx.Linear(dim + 1, dim, rngs=rngs)
+
+    def __call__(self, y, s):
+        return self.linear(jnp.concatenate([y, jnp.log(s)[:, None]], axis=-1))
+
+
+USER_RUN = dict(batch_size=32, eval_every=10, checkpoint_every=10, progress_bar=False)
+
+
+def test_user_network_trains_checkpoints_resumes_continues_and_loads(data, tmp_path):
+    x, x_eval = data
+    straight = train_denoiser(ResidualNet(2, 8, rngs=nnx.Rngs(0)), x, SIGMA, eval_data=x_eval,
+                              steps=30, **USER_RUN)
+    run = tmp_path / "run"
+    first = train_denoiser(ResidualNet(2, 8, rngs=nnx.Rngs(0)), x, SIGMA, eval_data=x_eval,
+                           steps=20, checkpoint_dir=run, **USER_RUN)
+    assert first.loss_history.shape == (20,)
+    loaded = load_denoiser(run)
+    assert isinstance(loaded, ResidualNet) and loaded.config == {"dim": 2, "width": 8}
+    np.testing.assert_array_equal(apply(loaded, x_eval), apply(first.ema_model, x_eval))
+    # Continue the finished 20-step run to 30 steps: the schedule is stretched to 30.
+    continued = train_denoiser(ResidualNet(2, 8, rngs=nnx.Rngs(5)), x, SIGMA, eval_data=x_eval,
+                               steps=30, checkpoint_dir=run, warmup_steps=2, **USER_RUN)
+    np.testing.assert_array_equal(continued.loss_history[:20], first.loss_history)
+    assert continued.loss_history.shape == (30,) and continued.eval_steps.tolist() == [10, 20, 30]
+    meta = checkpoint_metadata(run)
+    assert meta["step"] == 30 and meta["train"]["steps"] == 30
+    assert meta["train"]["continued_from"] == [20] and meta["architecture"] == "ResidualNet"
+    # The first 20 steps used the 20-step schedule, so the curve departs from a 30-step run.
+    np.testing.assert_array_equal(continued.loss_history[:2], straight.loss_history[:2])
+    # Resume an interrupted continuation from step 20: the same result.
+    shutil.rmtree(run / f"step_{30:08d}")
+    resumed = train_denoiser(ResidualNet(2, 8, rngs=nnx.Rngs(9)), x, SIGMA, eval_data=x_eval,
+                             steps=30, checkpoint_dir=run, warmup_steps=2, **USER_RUN)
+    assert_same_run(continued, resumed, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(apply(load_denoiser(run), x_eval), apply(resumed.ema_model, x_eval))
+    assert checkpoint_metadata(run)["train"]["continued_from"] == [20]
+
+
+def test_user_noise_conditional_network_and_unregistered_checkpoint(data, tmp_path):
+    x, x_eval = data
+    net = ConditionalNet(2, rngs=nnx.Rngs(0))
+    result = train_denoiser(net, x, (0.2, 1.0), steps=4, batch_size=8, eval_data=x_eval,
+                            eval_every=4, progress_bar=False)
+    assert result.eval_mse.shape == (1, 3) and np.all(np.isfinite(result.eval_mse))
+    with pytest.raises(TypeError, match=r"register_architecture\(ConditionalNet\)"):
+        train_denoiser(net, x, (0.2, 1.0), steps=4, checkpoint_dir=tmp_path / "c", progress_bar=False)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(TypeError, match="register_architecture"):
+        save_checkpoint(tmp_path / "d", net)
+
+
+def test_registry_refuses_a_taken_name():
+    class MLP(nnx.Module):  # noqa: N801 - the clash is the point
+        pass
+
+    with pytest.raises(ValueError, match="taken"):
+        register_architecture(MLP)
+    with pytest.raises(TypeError, match="nnx.Module subclass"):
+        register_architecture(len)
+
+
+def batches_like_array(x, seed, batch_size, steps):
+    """The batches train_denoiser draws from the array ``x`` (train_iteration's indices)."""
+    train_key = jax.random.split(jax.random.key(seed))[0]
+    for step in range(steps):
+        key_batch = jax.random.split(jax.random.fold_in(train_key, step))[0]
+        yield np.asarray(x)[np.asarray(jax.random.randint(key_batch, (batch_size,), 0, x.shape[0]))]
+
+
+def test_iterator_of_batches_matches_array(straight, data):
+    x, x_eval = data
+    stream = batches_like_array(x, 0, RUN["batch_size"], RUN["steps"])
+    result = train_denoiser(tiny_mlp(), stream, SIGMA, eval_data=x_eval, **RUN)
+    # Same batches and noise: bit-identical on XLA:CPU; the tolerance leaves room for
+    # backends that fuse the batch gather (inside the compiled step for an array, on
+    # the host for an iterator) differently.
+    assert_same_run(straight, result, rtol=1e-5, atol=1e-6)
+
+
+def test_iterator_errors(data):
+    x, _ = data
+    with pytest.raises(ValueError, match="ran out of batches at step 3"):
+        train_denoiser(tiny_mlp(), iter([x[:8]] * 3), SIGMA, steps=5, batch_size=8, progress_bar=False)
+    with pytest.raises(ValueError, match="drop_remainder"):
+        train_denoiser(tiny_mlp(), iter([x[:8], x[:5]]), SIGMA, steps=2, batch_size=8,
+                       progress_bar=False)
+    with pytest.raises(ValueError, match="no batches"):
+        train_denoiser(tiny_mlp(), iter([]), SIGMA, steps=2, progress_bar=False)
+
+
+def test_callback_and_progress_bar_show_heldout_mse(data, capsys):
+    x, x_eval = data
+    seen = []
+    result = train_denoiser(tiny_mlp(), x, SIGMA, eval_data=x_eval, callback=lambda *a: seen.append(a),
+                            **{**RUN, "progress_bar": True})
+    assert [step for step, _ in seen] == [N, 2 * N]
+    assert all(set(m) == {"loss", "heldout_mse"} for _, m in seen)
+    assert seen[-1][1]["heldout_mse"] == {"1": pytest.approx(result.eval_mse[-1, 0])}
+    assert f"heldout_mse={result.eval_mse[-1, 0]:.4g}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# The user's files: saved models, the package, killed saves, damaged checkpoints
+
+
+def test_saved_model_is_never_shadowed(data, tmp_path):
+    x, _ = data
+    out = tmp_path / "out"
+    save_checkpoint(out, MLP(2, (8,), sigma=0.2, rngs=nnx.Rngs(0)))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=out, **RUN)
+    assert load_denoiser(out).sigma == 0.2
+    result = train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=out, overwrite=True, **RUN)
+    loaded = load_denoiser(out)
+    assert loaded.sigma == SIGMA and loaded.config == result.ema_model.config
+    assert not (out / "metadata.json").exists() and not (out / "weights").exists()
+
+
+def test_other_run_refused_unless_overwrite(checkpointed, data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed[1], run)
+    x, _ = data
+    with pytest.raises(CheckpointError, match="overwrite=True"):
+        train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=run, **{**RUN, "batch_size": 16})
+    result = train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=run, overwrite=True,
+                            **{**RUN, "batch_size": 16})
+    assert checkpoint_metadata(run)["train"]["batch_size"] == 16 and result.loss_history.shape == (2 * N,)
+
+
+def test_never_trains_inside_the_package(data):
+    x, _ = data
+    target = train_module._PACKAGE_DIR / "pretrained" / "mnist_denoiser"
+    before = sorted(p.name for p in target.iterdir())
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="inside the installed numpyro_wjs package"):
+            train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=target, overwrite=overwrite, **RUN)
+    assert sorted(p.name for p in target.iterdir()) == before
+
+
+def test_killed_save_leaves_no_temporary_folder(checkpointed, data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed[1], run)
+    leftover = run / f".step_{3 * N:08d}.tmp-deadbeef"
+    (leftover / "weights").mkdir(parents=True)
+    x, _ = data
+    train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=run, **RUN)
+    assert not leftover.exists()
+
+
+def test_interrupt_during_save_waits_for_the_save(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a save: the checkpoint is completed, then the interrupt
+    is raised, and no temporary folder remains."""
+    real = train_module.write_metadata
+
+    def interrupted(path, metadata):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(path, metadata)
+
+    monkeypatch.setattr(train_module, "write_metadata", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "c", tiny_mlp())
+    assert load_denoiser(tmp_path / "c").config == tiny_mlp().config
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_damaged_latest_checkpoint_falls_back(checkpointed, straight, data, tmp_path, capfd):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed[1], run)
+    latest = run / f"step_{2 * N:08d}"
+    for file in (latest / "weights").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        loaded = load_denoiser(run)
+    with pytest.warns(UserWarning, match="SHA-256"):
+        assert checkpoint_metadata(run)["step"] == N
+    assert "Event loop is closed" not in capfd.readouterr().err
+    x, x_eval = data
+    with pytest.warns(UserWarning, match=f"step_{2 * N:08d}"):
+        resumed = train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=run, eval_data=x_eval,
+                                 checkpoint_every=N, normalisation={"scale": "identity"},
+                                 **{**RUN, "steps": 2 * N})
+    assert_same_run(straight, resumed, rtol=1e-6, atol=1e-7)
+    y = jnp.zeros((3, 2), jnp.float32)
+    assert not np.array_equal(apply(loaded, y), apply(resumed.ema_model, y))  # step N weights
+
+
+def test_classifier_checkpoint_names_its_loader():
+    from numpyro_wjs.classifier import PRETRAINED_CLASSIFIER_DIR
+
+    with pytest.raises(CheckpointError, match="load_classifier"):
+        load_denoiser(PRETRAINED_CLASSIFIER_DIR)

@@ -81,7 +81,8 @@ def _paired(a, b):
 
 def test_2d_mixture_mode_occupancy_matches_the_weights_with_adaptation():
     sigma = 1.5
-    mcmc = _run(WalkJump(GM2.denoiser(sigma), sigma), jnp.zeros(2), num_warmup=500, num_samples=5000)
+    mcmc = _run(WalkJump(GM2.denoiser(sigma), sigma, adapt_step_size=True), jnp.zeros(2), num_warmup=500,
+                num_samples=5000)
     xs = np.asarray(mcmc.get_samples(group_by_chain=True))
     modes = np.asarray(GM2.mode_of(jnp.asarray(xs)))
     _, x_direct = _direct(GM2, sigma)
@@ -182,15 +183,15 @@ def test_functional_core_in_a_scan():
     st = walkjump.WalkState(st.position, st.velocity, st.score)
 
     def body(st, key):
-        st, acc = walkjump.walk_step(key, st, score, 0.5, 1.0)
-        return st, (st.y + sigma**2 * st.score, acc)
+        st, log_ratio = walkjump.walk_step(key, st, score, 0.5, 1.0)
+        return st, (st.y + sigma**2 * st.score, langevin.accept_prob(log_ratio))
 
     _, (jumps, acc) = jax.lax.scan(body, st, jax.random.split(jax.random.key(1), 500))
     assert jumps.shape == (500, 1) and bool(jnp.all((acc >= 0) & (acc <= 1)))
 
 
-def _exact_walk_acceptance(y0, v0, y1, v1, h, logp, score, underdamped):
-    """Metropolis acceptance of one walk step from the exact ``log p_Y``.
+def _exact_walk_log_ratio(y0, v0, y1, v1, h, logp, score, underdamped):
+    """Log Metropolis-Hastings ratio of one walk step from the exact ``log p_Y``.
 
     BAOAB: ``exp(-energy error)`` of its deterministic halves (the O step is exact);
     ULA: the MALA ratio with ``q(b | a) = N(b; a + h score(a), 2 h)``.
@@ -203,14 +204,14 @@ def _exact_walk_acceptance(y0, v0, y1, v1, h, logp, score, underdamped):
     else:
         log_q = lambda b, a: -jnp.sum((b - a - h * score(a)) ** 2) / (4 * h)
         log_ratio = logp(y1) - logp(y0) + log_q(y0, y1) - log_q(y1, y0)
-    return jnp.minimum(1.0, jnp.exp(log_ratio))
+    return log_ratio
 
 
 @pytest.mark.parametrize("underdamped", [True, False])
 def test_estimated_acceptance_is_exact_for_gaussian_p_y(underdamped):
-    # Gaussian p_Y: the trapezoid rule is exact, so the estimate equals the true Metropolis
-    # ratio of the step, computed here from the exact log density. Large steps put most
-    # acceptances below 1, where a wrong sign or a swapped term shows.
+    # Gaussian p_Y: the trapezoid rule is exact, so the estimated log ratio equals the true
+    # Metropolis-Hastings log ratio of the step, computed here from the exact log density,
+    # over 256 random steps (a wrong sign or a swapped term shows on most of them).
     s2, h = 2.0, (1.6 if underdamped else 1.5)  # p_Y = N(0, s2 I); both steps are stable
     score = lambda y: -y / s2
     logp = lambda y: -0.5 * jnp.sum(y**2) / s2
@@ -219,12 +220,13 @@ def test_estimated_acceptance_is_exact_for_gaussian_p_y(underdamped):
         k_y, k_v, k_step = jax.random.split(key, 3)
         y0 = math.sqrt(s2) * jax.random.normal(k_y, (3,))
         v0 = jax.random.normal(k_v, (3,))
-        new, acc = walkjump.walk_step(k_step, walkjump.WalkState(y0, v0, score(y0)), score, h, 1.0, underdamped)
-        return acc, _exact_walk_acceptance(y0, v0, new.y, new.velocity, h, logp, score, underdamped)
+        new, log_ratio = walkjump.walk_step(k_step, walkjump.WalkState(y0, v0, score(y0)), score, h, 1.0,
+                                            underdamped)
+        return log_ratio, _exact_walk_log_ratio(y0, v0, new.y, new.velocity, h, logp, score, underdamped)
 
-    acc, exact = jax.vmap(one)(jax.random.split(jax.random.key(3), 256))
-    assert np.mean(np.asarray(exact) < 0.9) > 0.2, "the check would compare ones with ones"
-    np.testing.assert_allclose(np.asarray(acc), np.asarray(exact), rtol=1e-4, atol=1e-6)
+    log_ratio, exact = jax.vmap(one)(jax.random.split(jax.random.key(3), 256))
+    assert np.mean(np.exp(np.asarray(exact)) < 0.9) > 0.2, "most steps should have a ratio well below 1"
+    np.testing.assert_allclose(np.asarray(log_ratio), np.asarray(exact), rtol=1e-4, atol=1e-4)
 
 
 def test_overdamped_walk_tunes_its_step_to_the_target_acceptance():
@@ -234,7 +236,8 @@ def test_overdamped_walk_tunes_its_step_to_the_target_acceptance():
     sigma, tau2, target = 1.5, 0.25, 0.9
     s2 = tau2 + sigma**2
     h0 = 0.1 * sigma**2
-    kernel = WalkJump(lambda y: tau2 * y / s2, sigma, underdamped=False, step_size=h0, target_accept_prob=target)
+    kernel = WalkJump(lambda y: tau2 * y / s2, sigma, underdamped=False, step_size=h0, adapt_step_size=True,
+                      target_accept_prob=target)
     mcmc = _run(kernel, jnp.zeros(2), num_chains=4, num_warmup=500, num_samples=2000)
     f = mcmc.get_extra_fields(group_by_chain=True)
     ys, acc = np.asarray(f["y"], np.float64), np.asarray(f["accept_prob"], np.float64)
@@ -242,7 +245,7 @@ def test_overdamped_walk_tunes_its_step_to_the_target_acceptance():
     score = lambda y: -y / s2
     logp = lambda y: -0.5 * jnp.sum(y**2) / s2
     exact = jax.vmap(lambda hc, y0, y1: jax.vmap(
-        lambda a, b: _exact_walk_acceptance(a, a, b, b, hc, logp, score, False))(y0, y1))(
+        lambda a, b: jnp.minimum(1.0, jnp.exp(_exact_walk_log_ratio(a, a, b, b, hc, logp, score, False))))(y0, y1))(
         h, jnp.asarray(ys[:, :-1]), jnp.asarray(ys[:, 1:]))
     np.testing.assert_allclose(acc[:, 1:], np.asarray(exact), rtol=1e-3, atol=1e-5)
     # warmup moved the step up from h0, below its cap, and dual averaging reached its target:
