@@ -302,14 +302,22 @@ class _LangevinKernel(ClosureKernel):
 
         ``new_fields`` holds the proposed ``z`` (flat), ``score``, ``potential_energy``
         (and ``velocity``); a step that is non-finite or whose energy error
-        ``-log_ratio`` exceeds ``MAX_LOG_ACCEPT_DROP`` is discarded and flagged.
+        ``-log_ratio`` exceeds ``MAX_LOG_ACCEPT_DROP`` is discarded and flagged. During
+        warmup the step is also accepted or rejected with its computed Metropolis
+        probability, so that the chain stays in the typical set while the step size
+        and mass matrix are tuned; after warmup the kernel is unadjusted.
         """
         log_ratio = jnp.where(core.all_finite(log_ratio, *new_fields.values()), log_ratio, -jnp.inf)
         diverging = ~(log_ratio >= -core.MAX_LOG_ACCEPT_DROP)
+        prob = core.accept_prob(log_ratio)
+        move = ~diverging
+        if warmup is not False:  # warmup applies the correction: the windows see exact draws
+            accepted = random.uniform(random.fold_in(state.rng_key, 1), dtype=prob.dtype) < prob
+            move = move & (accepted if warmup else accepted | (state.i >= self._num_warmup))
         old = {k: getattr(state, k) for k in new_fields}
         old["z"] = ravel_pytree(state.z)[0]
-        new = jax.tree.map(lambda a, b: jnp.where(diverging, b, a), new_fields, old)
-        return self._update(state, source, new, core.accept_prob(log_ratio), diverging, warmup)
+        new = jax.tree.map(lambda a, b: jnp.where(move, a, b), new_fields, old)
+        return self._update(state, source, new, prob, diverging, warmup)
 
     def _update(self, state, source, new, accept_prob, diverging, warmup):
         """Adapt, update the running acceptance mean, and build the next state from ``new``."""
@@ -364,8 +372,11 @@ class ULA(_LangevinKernel):
     bias left is about ``h / 2`` of the variance per preconditioned direction
     (1-D Gaussian: 6 % at 0.99); raise ``target_accept_prob`` to shrink it, or use
     ``MALA`` when ``log p`` is known. ``adapt_step_size=False`` keeps ``step_size``
-    fixed. A step that is non-finite or whose energy error exceeds
-    ``langevin.MAX_LOG_ACCEPT_DROP`` is discarded and flagged in ``diverging``.
+    fixed. Warmup applies that Metropolis correction (it is MALA, with the
+    estimated ratio for a bare score), so the chain stays in the typical set while
+    ``h`` and the mass matrix are tuned; sampling is unadjusted. A step that is
+    non-finite or whose energy error exceeds ``langevin.MAX_LOG_ACCEPT_DROP`` is
+    discarded and flagged in ``diverging``.
 
     Parameters
     ----------
@@ -540,9 +551,10 @@ class UnderdampedLangevin(_LangevinKernel):
     (``langevin.baoab_log_ratio``: exact ``log p`` with a potential, trapezoid
     estimate with a score; computed, never applied) averages
     ``target_accept_prob`` (0.9). Raise it to shrink the bias;
-    ``adapt_step_size=False`` keeps ``step_size`` fixed. A step that is non-finite
-    or whose energy error exceeds ``langevin.MAX_LOG_ACCEPT_DROP`` is discarded
-    and flagged in ``diverging``.
+    ``adapt_step_size=False`` keeps ``step_size`` fixed. As for ``ULA``, warmup
+    applies the correction (a rejected step keeps the old state) and sampling is
+    unadjusted. A step that is non-finite or whose energy error exceeds
+    ``langevin.MAX_LOG_ACCEPT_DROP`` is discarded and flagged in ``diverging``.
 
     Parameters
     ----------
