@@ -316,6 +316,8 @@ class _LangevinKernel(ClosureKernel):
             move = move & (accepted if warmup else accepted | (state.i >= self._num_warmup))
         old = {k: getattr(state, k) for k in new_fields}
         old["z"] = ravel_pytree(state.z)[0]
+        if "velocity" in old:  # a rejected kinetic step reverses (Horowitz 1991): it retreats
+            old["velocity"] = -old["velocity"]
         new = jax.tree.map(lambda a, b: jnp.where(move, a, b), new_fields, old)
         return self._update(state, source, new, prob, diverging, warmup)
 
@@ -552,9 +554,11 @@ class UnderdampedLangevin(_LangevinKernel):
     estimate with a score; computed, never applied) averages
     ``target_accept_prob`` (0.9). Raise it to shrink the bias;
     ``adapt_step_size=False`` keeps ``step_size`` fixed. As for ``ULA``, warmup
-    applies the correction (a rejected step keeps the old state) and sampling is
-    unadjusted. A step that is non-finite or whose energy error exceeds
-    ``langevin.MAX_LOG_ACCEPT_DROP`` is discarded and flagged in ``diverging``.
+    applies the correction and sampling is unadjusted. A step that is non-finite or
+    whose energy error exceeds ``langevin.MAX_LOG_ACCEPT_DROP`` is discarded and
+    flagged in ``diverging``. A rejected or discarded step keeps the position and
+    reverses the velocity (Horowitz 1991), so the chain retreats from where the
+    step failed instead of trying the same direction again.
 
     Parameters
     ----------

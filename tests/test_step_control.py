@@ -162,3 +162,16 @@ def test_mode_hopping_refuses_non_finite_draws():
     x[1, 3] = np.nan
     with pytest.raises(ValueError, match="1 of 20 draws are not finite"):
         mode_hopping(x, _GM)
+
+
+def test_a_discarded_kinetic_step_reverses_the_velocity():
+    # a step into the region where the score is NaN is discarded; the chain keeps its
+    # position and reverses its velocity, so the next steps retreat instead of repeating it
+    kernel = UnderdampedLangevin(score_fn=lambda z: jnp.where(jnp.abs(z) > 1.5, jnp.nan, -z), step_size=0.5,
+                                 adapt_step_size=False)
+    state = kernel.init(jax.random.key(0), 0, jnp.array([1.4]))
+    state = state._replace(velocity=jnp.array([5.0]))
+    new = kernel.sample(state, (), {})
+    assert bool(new.diverging)
+    np.testing.assert_allclose(np.asarray(new.z), [1.4])
+    np.testing.assert_allclose(np.asarray(new.velocity), [-5.0])
