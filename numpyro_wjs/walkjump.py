@@ -306,6 +306,9 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
     >>> mcmc = MCMC(WalkJump(gm.denoiser(1.0), sigma=1.0), num_warmup=200,
     ...             num_samples=1000, progress_bar=False)
     >>> mcmc.run(jax.random.key(0), init_params=jnp.zeros(1), extra_fields=("y",))
+    >>> x, y = mcmc.get_samples(), mcmc.get_extra_fields()["y"]
+    >>> bool(jnp.allclose(x, gm.denoiser(1.0)(y), atol=1e-5))  # each draw is the jump E[X | y]
+    True
 
     Without training, on a NumPyro model whose posterior has two modes:
 
@@ -315,6 +318,9 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
     ...     numpyro.sample("obs", dist.Normal(theta**2, 1.0), obs=jnp.array([2.9, 2.1]))
     >>> mcmc = MCMC(WalkJump(model=model), num_warmup=500, num_samples=2000, progress_bar=False)
     >>> mcmc.run(jax.random.key(0), extra_fields=("hop_accept_prob",))
+    >>> theta = mcmc.get_samples()["theta"]
+    >>> bool((theta > 0).any() and (theta < 0).any())  # the chain visits both modes
+    True
     """
 
     def __init__(

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mnist_data import SHARED_MNIST, needs_mnist, skip_without_mnist
 from flax import nnx
 
 from numpyro_wjs.checkpoints import CheckpointError, read_metadata, write_metadata
@@ -25,17 +26,11 @@ from numpyro_wjs.classifier import (
 )
 from numpyro_wjs.data import load_mnist
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(
-    not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason=f"the project's MNIST copy is not at {SHARED_MNIST}",
-)
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the project's MNIST copy is not at {SHARED_MNIST}")
+    skip_without_mnist()
     return load_mnist(SHARED_MNIST, split="train"), load_mnist(SHARED_MNIST, split="heldout")
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mnist_data import SHARED_MNIST, needs_mnist
 
 from numpyro_wjs import data
 from numpyro_wjs.data import (
@@ -24,18 +25,11 @@ from numpyro_wjs.data import (
     read_idx,
 )
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 README_FIRST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4]
 README_MD5 = {
     "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
 }
-
-needs_mnist = pytest.mark.skipif(
-    not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason=f"the project's MNIST copy is not at {SHARED_MNIST}",
-)
-
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     """Serialise a uint8 array as IDX with the given magic number."""

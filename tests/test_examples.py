@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from mnist_data import skip_without_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "examples").glob("[0-9][0-9]_*.py"))
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 NEEDS_MNIST = {"07_mnist.py", "08_tradeoff.py"}
 
 
@@ -55,8 +55,8 @@ def test_examples_write_to_figures_not_the_docs(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_example_runs_fast(script, tmp_path):
-    if script.name in NEEDS_MNIST and not SHARED_MNIST.is_dir():
-        pytest.skip(f"the project's MNIST copy is not at {SHARED_MNIST}")
+    if script.name in NEEDS_MNIST:
+        skip_without_mnist()
     results = run_example(script, tmp_path)
     check = CLAIMS.get(script.stem)
     if check is not None:
@@ -134,13 +134,23 @@ def check_mnist(r: dict) -> None:
 
 
 def check_tradeoff(r: dict) -> None:
-    # Cost of a sequential jump: jump_every + (M - 1) (num_inner_steps + 1) calls.
-    for row in r["table"]:
+    rows = r["table"]
+    assert len(rows) == 2 and [row["num_measurements"] for row in rows] == [1, 2]
+    for row in rows:
+        # Cost of a sequential jump: jump_every + (M - 1) (num_inner_steps + 1) calls.
         extra = (row["num_measurements"] - 1) * (r["num_inner_steps"] + 1)
         assert row["evaluations_per_draw"] == r["jump_every"] + extra
-        assert row["switches_per_1000_evaluations"] <= row["switches_per_1000_steps"]
-        assert 0 <= row["confidence"] <= 1
+        # The jumps are posterior means at sigma / sqrt(M).
+        assert abs(row["jump_noise"] - row["sigma"] / math.sqrt(row["num_measurements"])) < 1e-4
+        # The two rates count the same switches, per walk step and per denoiser call.
+        per_call = row["switches_per_1000_steps"] * r["jump_every"] / row["evaluations_per_draw"]
+        assert math.isclose(row["switches_per_1000_evaluations"], per_call, rel_tol=1e-9, abs_tol=1e-9)
+        assert 0 < row["confidence"] <= 1 and 0 < row["confidence_oracle"] <= 1
         assert row["frechet"] >= 0 and row["frechet_oracle"] >= 0
+    # Both rows use the same key and sigma, so the same walk: only the jumps differ, and the
+    # extra measurement costs (num_inner_steps + 1) calls per draw for the same walk steps.
+    assert rows[0]["sigma"] == rows[1]["sigma"]
+    assert rows[1]["evaluations_per_draw"] - rows[0]["evaluations_per_draw"] == r["num_inner_steps"] + 1
 
 
 CLAIMS = {

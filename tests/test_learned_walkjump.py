@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from mc import N_SE, mcse
 from numpyro.infer import MCMC
 
 from numpyro_wjs import GaussianMixture, WalkJump
@@ -23,10 +24,20 @@ def test_learned_denoiser_walk_jump_occupancy():
     mcmc = MCMC(WalkJump(net, SIGMA), num_warmup=300, num_samples=3000, num_chains=chains,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.key(1), init_params=jnp.zeros((chains, 2)))
-    modes = np.asarray(TARGET.mode_of(mcmc.get_samples()))
-    occupancy = np.bincount(modes, minlength=3) / modes.size
-    # the exact law of the jumps puts its mass within 0.02 of the weights (test_walkjump);
-    # a learned denoiser near the Bayes risk adds a small bias; MC error of the occupancy
-    # with ~100 effective mode switches per chain is about 0.03: allow 0.08 in total
-    np.testing.assert_allclose(occupancy, np.asarray(TARGET.weights), atol=0.08)
-    assert all(len(np.unique(m)) == 3 for m in modes.reshape(chains, -1))
+    modes = np.asarray(TARGET.mode_of(mcmc.get_samples(group_by_chain=True)))
+    # Exact draws Y = X + sigma N locate the two known errors of the occupancy: the exact
+    # jump law's own offset from the weights (modes overlap a little at this sigma), and the
+    # learned denoiser's misassigned jumps on the same Y. The chain adds Monte Carlo error
+    # (5 MCSE from its own autocorrelation).
+    kx, kn = jax.random.split(jax.random.key(2))
+    x = TARGET.sample(kx, (200_000,))
+    y = x + SIGMA * jax.random.normal(kn, x.shape)
+    exact_modes = np.asarray(TARGET.mode_of(TARGET.denoiser(SIGMA)(y)))
+    net_modes = np.asarray(TARGET.mode_of(jax.vmap(net)(y)))
+    for k in range(3):
+        ind = (modes == k).astype(float)
+        law_offset = abs((exact_modes == k).mean() - float(TARGET.weights[k]))
+        net_offset = abs((net_modes == k).mean() - (exact_modes == k).mean())
+        allowed = N_SE * mcse(ind) + law_offset + net_offset
+        assert abs(ind.mean() - float(TARGET.weights[k])) <= allowed, (k, ind.mean(), allowed)
+    assert all(len(np.unique(m)) == 3 for m in modes)

@@ -111,13 +111,18 @@ def test_potential_fn_with_a_sigma_range():
     assert np.allclose(sig, 0.3)  # a given range is not adapted
 
 
-def test_denoise_step_leaves_the_conditional_invariant():
-    # p(z) = N(0, 1): p(z | y) = N(y / (1 + sigma^2), sigma^2 / (1 + sigma^2))
+@pytest.mark.parametrize("num_mala_steps", [0, 2])
+def test_denoise_step_leaves_the_conditional_invariant(num_mala_steps):
+    # p(z) = N(0, 1): p(z | y) = N(y / (1 + sigma^2), sigma^2 / (1 + sigma^2)).
+    # With no MALA steps this is the hop alone, an independence sampler with proposal
+    # N(y, sigma^2) and acceptance min(1, p(z') / p(z)): the Gaussian terms N(y; z, sigma^2)
+    # cancel against the proposal, and counting them moves the conditional mean from
+    # 0.872 to 1.04 (with MALA steps after each hop the same bias is smaller, 0.89).
     sigma, y = 0.7, jnp.array([1.3])
     logp = lambda z: -0.5 * jnp.sum(z**2)
 
     def body(point, key):
-        point, _ = gibbs.denoise_step(key, point, y, logp, sigma, 0.2, 2)
+        point, _ = gibbs.denoise_step(key, point, y, logp, sigma, 0.2, num_mala_steps)
         return point, point.z
 
     z0 = jnp.array([0.0])
@@ -126,6 +131,50 @@ def test_denoise_step_leaves_the_conditional_invariant():
     zs = jax.vmap(lambda k: jax.lax.scan(body, point, k)[1])(keys)
     var = sigma**2 / (1 + sigma**2)
     assert_moments_close(np.asarray(zs)[:, 100:], [float(y[0]) / (1 + sigma**2)], [[var]])
+
+
+def test_noise_step_draws_y_around_z_with_variance_sigma_squared():
+    sigma, n = 0.7, 200_000
+    z = jnp.full((n,), 2.0)
+    y = np.asarray(gibbs.noise_step(jax.random.key(2), z, sigma), np.float64)
+    assert_moments_close(y.reshape(1, n, 1), [2.0], [[sigma**2]])
+
+
+def test_gibbs_sweep_targets_p():
+    # A full sweep (walk y ~ N(z, sigma^2), then the jump) on a two-mode p(z):
+    # 0.3 N(-1.5, 0.5^2) + 0.7 N(1.5, 0.5^2) has mean 0.6 and second moment 2.5.
+    # sigma != 1, so that a walk with unit noise cannot pass.
+    sigma = 1.3
+    logp = lambda z: jax.scipy.special.logsumexp(
+        jnp.log(jnp.array([0.3, 0.7])) - 2.0 * (z[0] - jnp.array([-1.5, 1.5])) ** 2)
+
+    def body(point, key):
+        k_walk, k_jump = jax.random.split(key)
+        y = gibbs.noise_step(k_walk, point.z, sigma)
+        point, _ = gibbs.denoise_step(k_jump, point, y, logp, sigma, 0.1, 2)
+        return point, point.z[0]
+
+    z0 = jnp.array([0.0])
+    point = gibbs.GibbsPoint(z0, logp(z0), jax.grad(logp)(z0))
+    keys = jax.random.split(jax.random.key(1), 4 * 5000).reshape(4, 5000)
+    zs = np.asarray(jax.vmap(lambda k: jax.lax.scan(body, point, k)[1])(keys))[:, 100:]
+    assert_mean_close(zs, 0.6, what="E[z]")
+    assert_mean_close(zs**2, 2.5, what="E[z^2]")
+
+
+def test_sigma_adaptation_reaches_the_target_hop_acceptance():
+    # A float sigma with adapt_sigma=True: warmup tunes it and sampling uses it alone, so the
+    # sampling hops are accepted at the target rate (dual averaging ends within a few
+    # hundredths of it, as for the step sizes). Both a larger and a smaller start converge.
+    cov = np.array([[1.0, 0.6], [0.6, 2.0]])
+    prec = jnp.asarray(np.linalg.inv(cov))
+    for sigma0 in (0.2, 3.0):
+        kernel = WalkJump(potential_fn=lambda z: 0.5 * z @ prec @ z, sigma=sigma0, adapt_sigma=True,
+                          target_hop_accept_prob=0.3)
+        mcmc = _run(kernel, num_samples=1000, init_params=jnp.zeros((4, 2)))
+        hop = np.asarray(mcmc.get_extra_fields()["hop_accept_prob"])
+        assert abs(hop.mean() - 0.3) < 0.05, (sigma0, hop.mean())
+        assert_moments_close(np.asarray(mcmc.get_samples(group_by_chain=True)), [0.0, 0.0], cov)
 
 
 def test_bad_model_walkjump_arguments():

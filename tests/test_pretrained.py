@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from mnist_data import SHARED_MNIST, needs_mnist
 
 from numpyro_wjs import pretrained
 from numpyro_wjs.data import load_mnist
@@ -16,10 +17,11 @@ def net():
     return pretrained.load_pretrained("mnist")
 
 
+@needs_mnist
 def test_shipped_denoiser_matches_its_recorded_heldout_error(net):
     meta = json.loads((pretrained.MNIST_DENOISER_DIR / "metadata.json").read_text())
     assert meta["heldout_split"] == "MNIST t10k digits 8000-9999"
-    heldout, _ = load_mnist(split="heldout")
+    heldout, _ = load_mnist(SHARED_MNIST, split="heldout")
     x = heldout[:500]
     err = denoising_errors(net, x, 0.5, key=jax.random.key(7))
     recorded = meta["heldout_mse_per_image"]["0.5"]["mse"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpyro.infer import MCMC
 
-from mc import N_SE, mcse
+from mc import N_SE, assert_mean_close, assert_moments_close, mcse
 from numpyro_wjs import WalkJump, walkjump
 from numpyro_wjs.targets import GaussianMixture
 
@@ -58,7 +58,8 @@ def _statistics(v, gm):
 
 @pytest.mark.parametrize("underdamped", [True, False])
 def test_walk_matches_p_y_and_jumps_match_the_law_of_the_posterior_mean(underdamped):
-    sigma = 1.0
+    # sigma != 1, so that a jump that drops its sigma^2 (y + score) cannot pass
+    sigma = 1.5
     # a step well inside the stability bound keeps the unadjusted walk's bias below MC error
     step = 0.3 * (sigma if underdamped else sigma**2)
     kernel = WalkJump(GM1.denoiser(sigma), sigma, step_size=step, underdamped=underdamped, adapt_step_size=False)
@@ -110,40 +111,61 @@ def test_many_measurement_jumps_match_the_posterior_mean_at_sigma_over_sqrt_m(mo
         _assert_same_mean(chain_stat, direct_stat, f"{mode} jump " + name)
     y = mcmc.get_extra_fields()["y"]
     assert y.shape == ((8 * 3000, m, 2) if mode == "joint" else (8 * 3000, 2))
+    if mode == "joint":  # each jump is the posterior mean given ybar, at noise sigma / sqrt(M)
+        expected = GM2.denoiser(sigma / math.sqrt(m))(jnp.mean(y, axis=1))
+        np.testing.assert_allclose(mcmc.get_samples(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _blur(x):
+    """Squared distance of each jump to the nearest mixture mean: large for blurred jumps."""
+    x = np.asarray(x, np.float64)
+    means = np.asarray(GM2.means, np.float64)
+    return np.min(np.sum((x[..., None, :] - means) ** 2, axis=-1), axis=-1)
 
 
 def test_sequential_jumps_are_sharper_than_single_measurement_jumps():
-    sigma = 1.5
-    single = _run(WalkJump(GM2.denoiser(sigma), sigma), jnp.zeros(2), num_samples=1000)
-    seq = _run(WalkJump(conditional(GM2), sigma, num_measurements=8, noise_conditional=True, mode="sequential"),
-               jnp.zeros(2), num_samples=1000)
-    ref = np.asarray(GM2.sample(jax.random.key(9), (2000,)))
-
-    def energy_distance(mcmc):  # to p_X; zero iff the laws agree
-        x = np.asarray(mcmc.get_samples())[::4]
-        d = lambda a, b: np.mean(np.linalg.norm(a[:, None] - b[None], axis=-1))
-        return 2 * d(x, ref) - d(x, x) - d(ref, ref)
-
-    # exact laws (direct simulation): the M = 8 jumps are closer to p_X than the M = 1 jumps
-    e1, e8 = energy_distance(single), energy_distance(seq)
-    assert e8 < 0.5 * e1, (e1, e8)
+    # Each run's blur matches its exact law (direct simulation at sigma, and at sigma/sqrt(M)
+    # for M = 8), and the M = 8 jumps are sharper than the M = 1 jumps by more than 5
+    # combined Monte Carlo standard errors.
+    sigma, m = 1.5, 8
+    kw = dict(step_size=0.4 * sigma, adapt_step_size=False)
+    single = _run(WalkJump(GM2.denoiser(sigma), sigma, **kw), jnp.zeros(2), num_samples=1000)
+    seq = _run(WalkJump(conditional(GM2), sigma, num_measurements=m, noise_conditional=True, mode="sequential",
+                        num_inner_steps=40, **kw), jnp.zeros(2), num_samples=1000)
+    b1 = _blur(single.get_samples(group_by_chain=True))
+    b8 = _blur(seq.get_samples(group_by_chain=True))
+    _assert_same_mean(b1, _blur(_direct(GM2, sigma)[1]), "M = 1 blur")
+    _assert_same_mean(b8, _blur(_direct(GM2, sigma / math.sqrt(m))[1]), "M = 8 blur")
+    se = math.hypot(mcse(b1), mcse(b8))
+    assert b1.mean() - b8.mean() > N_SE * se, (b1.mean(), b8.mean(), se)
 
 
 def test_jump_every_and_image_shaped_states():
     # N(0, I) prior on 6x6x1 "images": E[X|y] = y / (1 + sigma^2), p_Y = N(0, (1 + sigma^2) I)
     sigma = 0.8
     denoiser = lambda y: y / (1 + sigma**2)
-    kernel = WalkJump(denoiser, sigma, jump_every=3)
+    # BAOAB's position marginal is exact on a Gaussian p_Y at any stable step, so with a
+    # fixed step the only error is Monte Carlo error
+    kernel = WalkJump(denoiser, sigma, jump_every=3, step_size=0.6 * sigma, adapt_step_size=False)
     mcmc = _run(kernel, jnp.zeros((6, 6, 1)), num_chains=4, num_samples=2000)
     ys = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
     xs = np.asarray(mcmc.get_samples(group_by_chain=True))
     assert xs.shape == (4, 2000, 6, 6, 1) and ys.shape == (4, 2000, 6, 6, 1)
-    # pooled over pixels (independent, identically distributed): E[y^2] = 1 + sigma^2
-    pix = np.moveaxis(ys, (2, 3, 4), (0, 1, 2)).reshape(36 * 4, 2000) ** 2
-    assert abs(pix.mean() - (1 + sigma**2)) < N_SE * mcse(pix) * 1.5 + 0.03
+    # pixels are independent chains of the same law: E[y^2] = 1 + sigma^2 and, for the
+    # jump x = y / (1 + sigma^2), E[x^2] = 1 / (1 + sigma^2)
+    pix = lambda a: np.moveaxis(a, (2, 3, 4), (0, 1, 2)).reshape(36 * 4, 2000) ** 2
+    assert_mean_close(pix(ys), 1 + sigma**2, what="E[y^2]")
+    assert_mean_close(pix(xs), 1 / (1 + sigma**2), what="E[x^2]")
 
 
 def test_init_noisy_and_single_chain_and_arviz():
+    # init_noisy=True: init_params is the walk's start y0 itself; otherwise y0 = x0 + sigma eps
+    x0 = jnp.array([5.0])
+    noisy = WalkJump(GM1.denoiser(1.0), 1.0, init_noisy=True).init(jax.random.key(0), 10, x0)
+    clean = WalkJump(GM1.denoiser(1.0), 1.0).init(jax.random.key(0), 10, x0)
+    np.testing.assert_array_equal(noisy.y, x0)
+    assert float(jnp.abs(clean.y - x0)[0]) > 0
+    np.testing.assert_allclose(noisy.x, GM1.denoiser(1.0)(x0), rtol=1e-6)  # the jump from y0
     kernel = WalkJump(GM1.denoiser(1.0), 1.0, init_noisy=True)
     mcmc = MCMC(kernel, num_warmup=50, num_samples=100, progress_bar=False)
     mcmc.run(jax.random.key(0), init_params=jnp.array([5.0]), extra_fields=("y", "accept_prob"))
@@ -168,19 +190,86 @@ def test_functional_core_in_a_scan():
     assert jumps.shape == (500, 1) and bool(jnp.all((acc >= 0) & (acc <= 1)))
 
 
-def test_estimated_acceptance_is_exact_for_gaussian_p_y():
-    # Gaussian p_Y: the trapezoid rule is exact, so the estimate equals the true Metropolis
-    # ratio of the BAOAB step, which we compute from the exact log density.
-    sigma, s2 = 1.0, 2.0  # p_Y = N(0, s2)
+def _exact_walk_log_ratio(y0, v0, y1, v1, h, logp, score, underdamped):
+    """Log Metropolis-Hastings ratio of one walk step from the exact ``log p_Y``.
+
+    BAOAB: ``exp(-energy error)`` of its deterministic halves (the O step is exact);
+    ULA: the MALA ratio with ``q(b | a) = N(b; a + h score(a), 2 h)``.
+    """
+    if underdamped:
+        v_a = v0 + 0.5 * h * score(y0)
+        v_b = v1 - 0.5 * h * score(y1)
+        dk = 0.5 * (jnp.sum(v_a**2) - jnp.sum(v0**2) + jnp.sum(v1**2) - jnp.sum(v_b**2))
+        log_ratio = logp(y1) - logp(y0) - dk
+    else:
+        log_q = lambda b, a: -jnp.sum((b - a - h * score(a)) ** 2) / (4 * h)
+        log_ratio = logp(y1) - logp(y0) + log_q(y0, y1) - log_q(y1, y0)
+    return log_ratio
+
+
+@pytest.mark.parametrize("underdamped", [True, False])
+def test_estimated_acceptance_is_exact_for_gaussian_p_y(underdamped):
+    # Gaussian p_Y: the trapezoid rule is exact, so the estimated log ratio equals the true
+    # Metropolis-Hastings log ratio of the step, computed here from the exact log density,
+    # over 256 random steps (a wrong sign or a swapped term shows on most of them).
+    s2, h = 2.0, (1.6 if underdamped else 1.5)  # p_Y = N(0, s2 I); both steps are stable
     score = lambda y: -y / s2
     logp = lambda y: -0.5 * jnp.sum(y**2) / s2
-    st = walkjump.WalkState(jnp.array([0.7, -0.2]), jnp.array([0.3, 1.1]), score(jnp.array([0.7, -0.2])))
-    new, log_ratio = walkjump.walk_step(jax.random.key(3), st, score, 0.9, 1.0)
-    h = 0.9
-    v_a = st.velocity + 0.5 * h * st.score
-    v_b = new.velocity - 0.5 * h * new.score
-    dh = -(logp(new.y) - logp(st.y)) + 0.5 * (jnp.sum(v_a**2) - jnp.sum(st.velocity**2) + jnp.sum(new.velocity**2) - jnp.sum(v_b**2))
-    np.testing.assert_allclose(float(log_ratio), float(-dh), rtol=1e-5, atol=1e-6)
+
+    def one(key):
+        k_y, k_v, k_step = jax.random.split(key, 3)
+        y0 = math.sqrt(s2) * jax.random.normal(k_y, (3,))
+        v0 = jax.random.normal(k_v, (3,))
+        new, log_ratio = walkjump.walk_step(k_step, walkjump.WalkState(y0, v0, score(y0)), score, h, 1.0,
+                                            underdamped)
+        return log_ratio, _exact_walk_log_ratio(y0, v0, new.y, new.velocity, h, logp, score, underdamped)
+
+    log_ratio, exact = jax.vmap(one)(jax.random.split(jax.random.key(3), 256))
+    assert np.mean(np.exp(np.asarray(exact)) < 0.9) > 0.2, "most steps should have a ratio well below 1"
+    np.testing.assert_allclose(np.asarray(log_ratio), np.asarray(exact), rtol=1e-4, atol=1e-4)
+
+
+def test_overdamped_walk_tunes_its_step_to_the_target_acceptance():
+    # Gaussian prior: p_Y = N(0, (tau^2 + sigma^2) I) is Gaussian, so every recorded acceptance is
+    # the exact Metropolis acceptance of the ULA step between consecutive walk positions
+    # X ~ N(0, tau^2 I): the target is reached below the step's cap 1.5 sigma^2
+    sigma, tau2, target = 1.5, 0.25, 0.9
+    s2 = tau2 + sigma**2
+    h0 = 0.1 * sigma**2
+    kernel = WalkJump(lambda y: tau2 * y / s2, sigma, underdamped=False, step_size=h0, adapt_step_size=True,
+                      target_accept_prob=target)
+    mcmc = _run(kernel, jnp.zeros(2), num_chains=4, num_warmup=500, num_samples=2000)
+    f = mcmc.get_extra_fields(group_by_chain=True)
+    ys, acc = np.asarray(f["y"], np.float64), np.asarray(f["accept_prob"], np.float64)
+    h = jnp.asarray(f["adapt_state.step_size"][:, -1])  # each chain tunes its own step
+    score = lambda y: -y / s2
+    logp = lambda y: -0.5 * jnp.sum(y**2) / s2
+    exact = jax.vmap(lambda hc, y0, y1: jax.vmap(
+        lambda a, b: jnp.minimum(1.0, jnp.exp(_exact_walk_log_ratio(a, a, b, b, hc, logp, score, False))))(y0, y1))(
+        h, jnp.asarray(ys[:, :-1]), jnp.asarray(ys[:, 1:]))
+    np.testing.assert_allclose(acc[:, 1:], np.asarray(exact), rtol=1e-3, atol=1e-5)
+    # warmup moved the step up from h0, below its cap, and dual averaging reached its target:
+    # it ends within a few hundredths of it (as for MALA in test_kernels)
+    assert np.all((2 * h0 < h) & (h < 1.5 * sigma**2 - 1e-6)), h
+    assert abs(acc.mean() - target) < 0.05, acc.mean()
+
+
+def test_sequential_jump_has_the_law_of_the_posterior_mean_at_sigma_over_sqrt_m():
+    # X ~ N(0, 1) and y_1 ~ p_Y: the jump E[X | y_1..y_M] = ybar_M / (1 + sigma^2 / M) is
+    # N(0, 1 / (1 + sigma^2 / M)), and E[jump * y_1] = E[X y_1] = 1.
+    sigma, m = 1.5, 4
+    den = lambda y, s: y / (1 + s**2)
+
+    def one(key):
+        k_y, k_jump = jax.random.split(key)
+        y1 = math.sqrt(1 + sigma**2) * jax.random.normal(k_y, (1,))
+        x = walkjump.sequential_jump(k_jump, y1, den(y1, sigma), den, sigma, m, 60, 0.5 * sigma / math.sqrt(m), 1.0)
+        return jnp.concatenate([x, x * y1])
+
+    out = np.asarray(jax.vmap(one)(jax.random.split(jax.random.key(5), 20_000))).reshape(4, 5000, 2)
+    var = 1 / (1 + sigma**2 / m)
+    assert_moments_close(out[..., :1], [0.0], [[var]])
+    assert_mean_close(out[..., 1], 1.0, what="E[jump * y_1]")
 
 
 # --------------------------------------------------------------------------- divergence
