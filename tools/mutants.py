@@ -61,6 +61,7 @@ T_LANGEVIN = "tests/test_langevin.py"
 T_WJ = "tests/test_walkjump.py"
 T_MWJ = "tests/test_model_walkjump.py"
 T_KER = "tests/test_kernels.py"
+T_STEP = "tests/test_step_control.py"
 
 ULA_VAR = f"{T_LANGEVIN}::test_ula_stationary_variance_is_the_known_biased_one"
 ULA_PRECOND = f"{T_LANGEVIN}::test_preconditioned_ula_on_correlated_gaussian"
@@ -242,6 +243,26 @@ MUTANTS: list[Mutant] = [
            alternatives=(
                ('kernels.py', 'self._adapt(i, info.acceptance_rate, c.position',
                 'self._adapt(i, 1.0 - info.acceptance_rate, c.position'),)),
+    # ------------------------------------------------------------------ step control of the unadjusted kernels
+    Mutant("baoab_kinetic_energy_in_mass_metric", "langevin.py",
+           "w = m.mass_matrix_sqrt_inv @ v if _dense(m) else m.mass_matrix_sqrt_inv * v",
+           "w = m.mass_matrix_sqrt.T @ v if _dense(m) else m.mass_matrix_sqrt * v",
+           (f"{T_STEP}::test_log_ratio_helpers_match_the_exact_energy_error_on_a_gaussian",),
+           "BAOAB's energy error measures v^T M v instead of v^T C v: the tuning statistic is wrong"),
+    Mutant("ula_adapts_on_the_wrong_logp_difference", "kernels.py",
+           "return -logp, logp + state.potential_energy",
+           "return -logp, -logp - state.potential_energy",
+           (f"{T_STEP}::test_ula_default_step_is_tuned_and_its_bias_is_the_known_one[potential]",),
+           "the exact log p difference of the computed acceptance has its sign flipped"),
+    Mutant("divergence_threshold_ignored", "kernels.py",
+           "diverging = ~(log_ratio >= -core.MAX_LOG_ACCEPT_DROP)",
+           "diverging = ~(log_ratio > -jnp.inf)",
+           (f"{T_STEP}::test_blow_ups_are_flagged_in_the_first_steps_and_discarded",),
+           "only non-finite steps count as divergent: a blow-up runs to 1e17 unflagged"),
+    Mutant("discarded_kinetic_step_keeps_velocity", "kernels.py",
+           "reverse = -state.velocity", "reverse = state.velocity",
+           (f"{T_STEP}::test_a_discarded_kinetic_step_reverses_the_velocity",),
+           "a divergent kinetic step is retried in the same direction (stuck in a funnel's neck)"),
 ]
 
 
