@@ -554,7 +554,7 @@ class UnderdampedLangevin(_LangevinKernel):
     a Metropolis correction of the step's energy error would have
     (``langevin.baoab_log_ratio``: exact ``log p`` with a potential, trapezoid
     estimate with a score; computed, never applied) averages
-    ``target_accept_prob`` (0.95). Raise it to shrink the bias;
+    ``target_accept_prob`` (0.99). Raise it to shrink the bias;
     ``adapt_step_size=False`` keeps ``step_size`` fixed. As for ``ULA``, warmup
     applies the correction and sampling is unadjusted. A step that is non-finite or
     whose energy error exceeds ``langevin.MAX_LOG_ACCEPT_DROP`` is discarded and
@@ -574,7 +574,7 @@ class UnderdampedLangevin(_LangevinKernel):
     adapt_step_size : bool
         Tune ``h`` during warmup (default True).
     target_accept_prob : float
-        Computed acceptance that the tuning aims at (default 0.95).
+        Computed acceptance that the tuning aims at (default 0.99).
     inverse_mass_matrix, adapt_mass_matrix, dense_mass, init_strategy
         As for ``ULA``.
 
@@ -608,7 +608,7 @@ class UnderdampedLangevin(_LangevinKernel):
         step_size=0.1,
         friction=1.0,
         adapt_step_size=True,
-        target_accept_prob=0.95,
+        target_accept_prob=0.99,
         inverse_mass_matrix=None,
         adapt_mass_matrix=False,
         dense_mass=None,

@@ -40,7 +40,7 @@ def test_ula_default_step_is_tuned_and_its_bias_is_the_known_one(source):
 
 def test_underdamped_default_step_is_tuned_below_the_stability_bound():
     # BAOAB on N(0, s2) is exact at any stable step (h < 2 s) and its energy error grows with
-    # h: dual averaging to 0.95 must land strictly inside (0, 2 s), and the draws are exact.
+    # h: dual averaging to 0.99 must land strictly inside (0, 2 s), and the draws are exact.
     s = 2.0
     mcmc = _run(UnderdampedLangevin(score_fn=lambda x: -x / s**2), jnp.zeros((8, 1)), num_samples=4000,
                 num_chains=8, fields=("accept_prob",))
