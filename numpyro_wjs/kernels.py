@@ -48,7 +48,7 @@ ULAState = namedtuple("ULAState", _UNADJUSTED_FIELDS)
 - **score**: flattened ``grad log p(z)``.
 - **accept_prob**: the Metropolis-Hastings acceptance the last step *would* have had
   (exact with a potential, trapezoid estimate with a score); it tunes the step size
-  and is never applied.
+  and is applied during warmup only.
 - **mean_accept_prob**: its running mean over warmup, then over sampling.
 - **diverging**: the last step was non-finite or its energy error exceeded
   ``langevin.MAX_LOG_ACCEPT_DROP``; it was discarded.
@@ -307,9 +307,8 @@ class _LangevinKernel(ClosureKernel):
         probability, so that the chain stays in the typical set while the step size
         and mass matrix are tuned; after warmup the kernel is unadjusted.
         """
-        log_ratio = jnp.where(core.all_finite(log_ratio, *new_fields.values()), log_ratio, -jnp.inf)
-        diverging = ~(log_ratio >= -core.MAX_LOG_ACCEPT_DROP)
-        prob = core.accept_prob(log_ratio)
+        diverging = core.diverged(log_ratio, *new_fields.values())
+        prob = jnp.where(diverging, 0.0, core.accept_prob(log_ratio))
         move = ~diverging
         if warmup is not False:  # warmup applies the correction: the windows see exact draws
             accepted = random.uniform(random.fold_in(state.rng_key, 1), dtype=prob.dtype) < prob
@@ -371,7 +370,7 @@ class ULA(_LangevinKernel):
 
     **Step size.** During warmup, dual averaging (``numpyro.infer.hmc_util``) tunes
     ``h`` so that the Metropolis-Hastings acceptance the step *would* have, computed
-    and never applied, averages ``target_accept_prob`` (0.99): exact with a model or
+    and applied during warmup only, averages ``target_accept_prob`` (0.99): exact with a model or
     ``potential_fn``, from the trapezoid rule on the score with a bare score. The
     bias left is about ``h / 2`` of the variance per preconditioned direction
     (1-D Gaussian: 6 % at 0.99); raise ``target_accept_prob`` to shrink it, or use
@@ -553,7 +552,7 @@ class UnderdampedLangevin(_LangevinKernel):
     **Step size.** During warmup, dual averaging tunes ``h`` so that the acceptance
     a Metropolis correction of the step's energy error would have
     (``langevin.baoab_log_ratio``: exact ``log p`` with a potential, trapezoid
-    estimate with a score; computed, never applied) averages
+    estimate with a score; applied during warmup only) averages
     ``target_accept_prob`` (0.99). Raise it to shrink the bias;
     ``adapt_step_size=False`` keeps ``step_size`` fixed. As for ``ULA``, warmup
     applies the correction and sampling is unadjusted. A step that is non-finite or
@@ -629,7 +628,7 @@ class UnderdampedLangevin(_LangevinKernel):
         self._friction = check_positive("friction", friction)
 
     def _init_state(self, fields, x, key_core):
-        velocity = core.underdamped_init(x, lambda x: fields["score"], key_core, _metric(fields["adapt_state"])).velocity
+        velocity = core.draw_velocity(key_core, x, _metric(fields["adapt_state"]))
         return UnderdampedLangevinState(velocity=velocity, **fields)
 
     def _sample_one(self, state, model_args, model_kwargs, warmup=None):
@@ -650,8 +649,7 @@ class UnderdampedLangevin(_LangevinKernel):
 
     def _fresh_velocity(self, state, adapt_state):
         """``v ~ N(0, M)`` for the metric of ``adapt_state``."""
-        v = state.velocity
-        return core.underdamped_init(v, lambda v: v, random.fold_in(state.rng_key, 2), _metric(adapt_state)).velocity
+        return core.draw_velocity(random.fold_in(state.rng_key, 2), state.velocity, _metric(adapt_state))
 
     def _rejected(self, state, old, warmup):
         """A rejected warmup step draws a fresh velocity (the windows then see a chain that

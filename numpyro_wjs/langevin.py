@@ -61,6 +61,8 @@ __all__ = [
     "langevin_log_ratio",
     "baoab_log_ratio",
     "accept_prob",
+    "diverged",
+    "draw_velocity",
     "all_finite",
     "normal_like",
 ]
@@ -149,6 +151,12 @@ def all_finite(*xs: Array) -> Array:
 def trapezoid_dlogp(x0: Array, g0: Array, x1: Array, g1: Array) -> Array:
     """``log p(x1) - log p(x0)`` by the trapezoid rule on the score (exact for Gaussians)."""
     return 0.5 * jnp.sum((g0 + g1) * (x1 - x0))
+
+
+def diverged(log_ratio: Array, *xs: Array) -> Array:
+    """A step is divergent when its values ``xs`` or its log ratio are non-finite, or its
+    energy error ``-log_ratio`` exceeds ``MAX_LOG_ACCEPT_DROP``."""
+    return ~(all_finite(log_ratio, *xs) & (log_ratio >= -MAX_LOG_ACCEPT_DROP))
 
 
 def accept_prob(log_ratio: Array) -> Array:
@@ -254,12 +262,11 @@ def mala_step(
     x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)
     logp_new, g_new = jax.value_and_grad(logdensity_fn)(x_new)
     log_ratio = langevin_log_ratio(x, g, x_new, g_new, logp_new - logp, step_size, metric)
-    log_ratio = jnp.where(all_finite(logp_new, g_new, log_ratio), log_ratio, -jnp.inf)
-    prob = accept_prob(log_ratio)
+    diverging = diverged(log_ratio, logp_new, g_new)
+    prob = jnp.where(diverging, 0.0, accept_prob(log_ratio))
     accepted = random.uniform(key_accept, dtype=jnp.result_type(prob)) < prob
     new = AdjustedLangevinState(x_new, logp_new, g_new)
     state = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), new, state)
-    diverging = log_ratio < -MAX_LOG_ACCEPT_DROP
     return state, MALAInfo(prob, accepted, diverging)
 
 
@@ -282,12 +289,13 @@ def underdamped_init(
     metric: Metric | None = None,
 ) -> UnderdampedState:
     """Initial state; velocity ``v ~ N(0, M)`` when ``rng_key`` is given, else zero."""
-    if rng_key is None:
-        v = jnp.zeros_like(position)
-    else:
-        xi = normal_like(rng_key, position)
-        v = _noise_m(metric, xi)
+    v = jnp.zeros_like(position) if rng_key is None else draw_velocity(rng_key, position, metric)
     return UnderdampedState(position, v, score_fn(position))
+
+
+def draw_velocity(rng_key: Array, like: Array, metric: Metric | None = None) -> Array:
+    """A velocity ``v ~ N(0, M)`` shaped like ``like``, for mass ``M = C^{-1}``."""
+    return _noise_m(metric, normal_like(rng_key, like))
 
 
 def baoab_step(

@@ -540,9 +540,9 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
         def body(carry, key):
             st, diverged = carry
             new, log_ratio = walk_step(key, st, score_fn, step_size, self._friction, self._underdamped)
-            ok = core.all_finite(*new) & (log_ratio >= -core.MAX_LOG_ACCEPT_DROP)
-            new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, st)
-            return (new, diverged | ~ok), jnp.where(ok, core.accept_prob(log_ratio), 0.0)
+            bad = core.diverged(log_ratio, *new)
+            new = jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, st)
+            return (new, diverged | bad), jnp.where(bad, 0.0, core.accept_prob(log_ratio))
 
         st = WalkState(state.y, state.velocity, state.score)
         (st, diverging), accepts = jax.lax.scan(body, (st, jnp.array(False)), random.split(key_walk, self._jump_every))
