@@ -17,7 +17,12 @@ classifier's label). Per chain, with ``n`` draws:
 and across chains the ArviZ bulk ESS of each indicator ``1[l_t = k]``.
 
 Sample quality: ``frechet_distance`` between Gaussians fitted to two feature sets
-(e.g. a classifier's features of samples and of held-out data).
+(e.g. a classifier's features of samples and of held-out data). For image samplers
+``classifier_scores`` puts both together: *confident* label changes (between
+consecutive draws the classifier labels with probability ``>= threshold``, the
+others skipped) per 1,000 walk steps, the share of confident draws, the total
+variation of the confident class shares to uniform, and the Frechet distance of
+thinned draws to held-out data next to its same-size floor (data against data).
 
 Example
 -------
@@ -36,7 +41,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-__all__ = ["attach", "frechet_distance", "mode_hopping"]
+__all__ = ["attach", "classifier_scores", "frechet_distance", "mode_hopping"]
 
 
 def mode_hopping(
@@ -229,6 +234,97 @@ def frechet_distance(features_a: Any, features_b: Any) -> float:
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (middle + middle.T)), 0.0, None)).sum()
     distance = np.sum((mean_a - mean_b) ** 2) + np.trace(np.atleast_2d(cov_a + cov_b)) - 2.0 * cross
     return max(float(distance), 0.0)
+
+
+def classifier_scores(
+    draws: Any,
+    classifier: Any,
+    heldout: Any,
+    reference: Any,
+    *,
+    steps_per_draw: int = 1,
+    evaluations_per_draw: int | None = None,
+    thin_steps: int = 50,
+    threshold: float = 0.9,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Mixing and quality of image draws, scored by a classifier.
+
+    With ``p_t = classifier.probs(x_t)`` and features ``phi_t = classifier.features(x_t)``
+    of the draws ``x_t`` of each chain:
+
+    * ``confident``: the share of draws with ``max_k p_tk >= threshold``;
+    * ``changes_per_1000_steps``: changes of ``argmax_k p_tk`` between consecutive
+      confident draws of a chain (unconfident draws skipped), per 1,000 walk steps
+      (``steps_per_draw`` per draw); ``changes_per_1000_evaluations`` the same per
+      1,000 network calls when ``evaluations_per_draw`` is given;
+    * ``class_tv``: ``1/2 sum_k |f_k - 1/K|`` for the class shares ``f`` of the
+      confident draws (``K`` classes);
+    * ``frechet``: ``frechet_distance`` between the features of one draw every
+      ``thin_steps`` walk steps (the rest are too correlated to count as samples) and
+      those of ``heldout``; ``frechet_floor``: the same for as many rows of
+      ``reference`` (other samples of the data, drawn with ``seed``), the value a
+      perfect sampler reaches at this sample size; ``frechet_ratio`` their ratio;
+      ``frechet_samples`` the number of draws scored.
+
+    Parameters
+    ----------
+    draws : array (chain, draw, *event)
+    classifier : object with ``probs(x)`` and ``features(x)`` on batches ``(B, *event)``
+    heldout, reference : arrays (n, *event)
+        Held-out data, and data for the floor (e.g. training data).
+    steps_per_draw, evaluations_per_draw, thin_steps : int
+    threshold : float
+        Confidence of a confident label, in ``(0, 1]``.
+    seed : int
+        Seed of the choice of ``reference`` rows.
+    batch_size : int
+        Images per classifier call.
+
+    Returns
+    -------
+    dict of float
+    """
+    x = np.asarray(draws)
+    if x.ndim < 3:
+        raise ValueError(f"draws must have shape (chain, draw, *event), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("draws hold NaN or inf; look at the sampler's `diverging` field first")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if steps_per_draw < 1 or thin_steps < 1:
+        raise ValueError("steps_per_draw and thin_steps must be >= 1")
+    C, N = x.shape[:2]
+
+    def batched(fn, images):
+        images = np.asarray(images, np.float32)
+        return np.concatenate([np.asarray(fn(images[i : i + batch_size]))
+                               for i in range(0, images.shape[0], batch_size)])
+
+    probs = batched(classifier.probs, x.reshape(C * N, *x.shape[2:])).reshape(C, N, -1)
+    confident, labels = probs.max(-1) >= threshold, probs.argmax(-1)
+    changes = sum(int(np.sum(np.diff(labels[c][confident[c]]) != 0)) for c in range(C))
+    shares = np.bincount(labels[confident], minlength=probs.shape[-1]) / max(int(confident.sum()), 1)
+    thin = max(1, thin_steps // steps_per_draw)
+    scored = x[:, ::thin].reshape(-1, *x.shape[2:])
+    heldout_features = batched(classifier.features, heldout)
+    rows = np.random.default_rng(seed).choice(len(reference), scored.shape[0], replace=False)
+    frechet = frechet_distance(batched(classifier.features, scored), heldout_features)
+    floor = frechet_distance(batched(classifier.features, np.asarray(reference)[rows]), heldout_features)
+    walk_steps = C * N * steps_per_draw
+    scores = {
+        "confident": float(confident.mean()),
+        "changes_per_1000_steps": 1000.0 * changes / walk_steps,
+        "class_tv": 0.5 * float(np.abs(shares - 1.0 / probs.shape[-1]).sum()),
+        "frechet": frechet,
+        "frechet_floor": floor,
+        "frechet_ratio": frechet / floor,
+        "frechet_samples": int(scored.shape[0]),
+    }
+    if evaluations_per_draw is not None:
+        scores["changes_per_1000_evaluations"] = 1000.0 * changes / (C * N * evaluations_per_draw)
+    return scores
 
 
 def _as_features(x: Any, name: str) -> np.ndarray:

@@ -43,6 +43,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -147,7 +148,13 @@ def _noise_conditional(model: nnx.Module) -> bool:
     return sum(p.kind in kinds for p in params) >= 2
 
 
-def loss_fn(model: nnx.Module, batch: jax.Array, key: jax.Array, sigma: jax.Array) -> jax.Array:
+def loss_fn(
+    model: nnx.Module,
+    batch: jax.Array,
+    key: jax.Array,
+    sigma: jax.Array,
+    noise_levels: tuple[float, float] | None = None,
+) -> jax.Array:
     """Monte Carlo denoising loss on one batch.
 
     Fixed-sigma networks (``sigma`` a scalar): the plain squared error, summed over
@@ -156,7 +163,8 @@ def loss_fn(model: nnx.Module, batch: jax.Array, key: jax.Array, sigma: jax.Arra
         (1/B) sum_b || x_b - xhat(x_b + sigma eps_b) ||^2
 
     Noise-conditional networks (``sigma = [lo, hi]``): ``s_b`` is drawn log-uniformly
-    on ``[lo, hi]`` per example, the network is called as ``model(y, s)`` with ``s`` of
+    on ``[lo, hi]`` per example (with ``noise_levels = (m, v)``: ``ln s_b ~ N(m, v^2)``
+    truncated to ``[ln lo, ln hi]``, EDM's log-normal restricted to the range), the network is called as ``model(y, s)`` with ``s`` of
     shape ``(B,)``, and each error is weighted by ``1 / c_out(s_b)^2`` with the model's
     ``sigma_data`` (1 when it has none; EDM weighting: it makes the regression target
     of the raw network unit-scale at every noise level, so small noise levels are not
@@ -173,6 +181,9 @@ def loss_fn(model: nnx.Module, batch: jax.Array, key: jax.Array, sigma: jax.Arra
         Clean samples.
     key : PRNG key
     sigma : array, shape () or (2,)
+    noise_levels : (float, float), optional
+        Mean and standard deviation of ``ln s`` (noise-conditional networks); default
+        log-uniform.
 
     Returns
     -------
@@ -184,8 +195,15 @@ def loss_fn(model: nnx.Module, batch: jax.Array, key: jax.Array, sigma: jax.Arra
     expand = (slice(None),) + (None,) * len(event_axes)
     if _noise_conditional(model):
         log_lo, log_hi = jnp.log(sigma[0]), jnp.log(sigma[1])
-        u = jax.random.uniform(key_s, batch.shape[:1], batch.dtype)
-        s = jnp.exp(log_lo + u * (log_hi - log_lo))
+        if noise_levels is None:
+            u = jax.random.uniform(key_s, batch.shape[:1], batch.dtype)
+            s = jnp.exp(log_lo + u * (log_hi - log_lo))
+        else:
+            m, v = noise_levels
+            z = jax.random.truncated_normal(
+                key_s, (log_lo - m) / v, (log_hi - m) / v, batch.shape[:1], batch.dtype
+            )
+            s = jnp.exp(m + v * z)
         xhat = model(batch + s[expand] * eps, s)
         weight = 1.0 / edm_preconditioning(s, getattr(model, "sigma_data", 1.0))[1] ** 2
     else:
@@ -194,16 +212,17 @@ def loss_fn(model: nnx.Module, batch: jax.Array, key: jax.Array, sigma: jax.Arra
     return jnp.mean(weight * jnp.sum((batch - xhat) ** 2, axis=event_axes))
 
 
-@nnx.jit
+@functools.partial(nnx.jit, static_argnames=("noise_levels",))
 def train_step(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
     batch: jax.Array,
     key: jax.Array,
     sigma: jax.Array,
+    noise_levels: tuple[float, float] | None = None,
 ) -> jax.Array:
     """One optimizer step on ``loss_fn``; updates ``model`` and ``optimizer`` in place."""
-    loss, grads = nnx.value_and_grad(loss_fn)(model, batch, key, sigma)
+    loss, grads = nnx.value_and_grad(loss_fn)(model, batch, key, sigma, noise_levels)
     optimizer.update(model, grads)
     return loss
 
@@ -216,7 +235,7 @@ def ema_update(ema_model: nnx.Module, model: nnx.Module, decay: jax.Array) -> No
     nnx.update(ema_model, jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params))
 
 
-@functools.partial(nnx.jit, static_argnames=("ema_decay",))
+@functools.partial(nnx.jit, static_argnames=("ema_decay", "noise_levels"))
 def train_on_batch(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
@@ -227,6 +246,7 @@ def train_on_batch(
     sigma: jax.Array,
     *,
     ema_decay: float,
+    noise_levels: tuple[float, float] | None = None,
 ) -> jax.Array:
     """Step ``step`` of training on a given batch: ``train_step``, then ``ema_update``.
 
@@ -235,13 +255,15 @@ def train_on_batch(
     ``min(ema_decay, (1 + t) / (10 + t))``.
     """
     key_noise = jax.random.split(jax.random.fold_in(key, step))[1]
-    loss = train_step(model, optimizer, batch, key_noise, sigma)
+    loss = train_step(model, optimizer, batch, key_noise, sigma, noise_levels)
     decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
     ema_update(ema_model, model, decay)
     return loss
 
 
-@functools.partial(nnx.jit, static_argnames=("batch_size", "ema_decay", "batch_sharding"))
+@functools.partial(
+    nnx.jit, static_argnames=("batch_size", "ema_decay", "batch_sharding", "noise_levels")
+)
 def train_iteration(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
@@ -254,6 +276,7 @@ def train_iteration(
     batch_size: int,
     ema_decay: float,
     batch_sharding: NamedSharding | None = None,
+    noise_levels: tuple[float, float] | None = None,
 ) -> jax.Array:
     """Step ``step`` of training: draw a batch from ``data``, then ``train_on_batch``.
 
@@ -267,7 +290,10 @@ def train_iteration(
     batch = data[jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])]
     if batch_sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_on_batch(model, optimizer, ema_model, batch, key, step, sigma, ema_decay=ema_decay)
+    return train_on_batch(
+        model, optimizer, ema_model, batch, key, step, sigma,
+        ema_decay=ema_decay, noise_levels=noise_levels,
+    )
 
 
 @nnx.jit
@@ -453,6 +479,7 @@ def train_denoiser(
     *,
     steps: int,
     batch_size: int = 128,
+    noise_levels: tuple[float, float] | None = None,
     optimizer: optax.GradientTransformation | None = None,
     learning_rate: float = 1e-3,
     warmup_steps: int | None = None,
@@ -461,6 +488,7 @@ def train_denoiser(
     ema_decay: float = 0.999,
     eval_data: Any = None,
     eval_every: int | None = None,
+    eval_sigmas: Any = None,
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
@@ -511,6 +539,10 @@ def train_denoiser(
         Total number of optimizer steps.
     batch_size : int
         Examples per step (divisible by the number of devices of the mesh).
+    noise_levels : (float, float), optional
+        Noise-conditional networks: mean and standard deviation of ``ln s``, drawn
+        from a normal truncated to ``sigma``'s range (EDM's log-normal); default
+        log-uniform on the range.
     optimizer : optax.GradientTransformation, optional
         Replaces the default AdamW (``learning_rate``, ``warmup_steps``, ``grad_clip``
         and ``weight_decay`` then play no role).
@@ -532,6 +564,9 @@ def train_denoiser(
         shown in the progress bar and the ``numpyro_wjs.train`` log.
     eval_every : int, optional
         Default ``max(1, steps // 10)``.
+    eval_sigmas : sequence of float, optional
+        Noise levels of the held-out MSE; default ``sigma``, or three levels spread
+        geometrically over its range.
     seed : int
         Seed of all randomness (batches, noise, evaluation noise).
     checkpoint_dir : str or Path, optional
@@ -550,9 +585,10 @@ def train_denoiser(
         Show a tqdm bar with the running loss and the latest held-out MSE.
     callback : callable, optional
         Called as ``callback(step, metrics)`` every 50 steps, at every evaluation and
-        at the end; ``metrics["loss"]`` is the mean loss of the last 50 steps and, at
-        evaluations, ``metrics["heldout_mse"]`` maps each evaluation noise level to
-        the held-out MSE.
+        at the end; ``metrics["loss"]`` is the mean loss of the last 50 steps,
+        ``metrics["images_per_second"]`` the training throughput since the previous
+        call and, at evaluations, ``metrics["heldout_mse"]`` maps each evaluation noise
+        level to the held-out MSE.
     mesh : jax.sharding.Mesh, optional
         Device mesh with an axis ``'data'``; default: all local devices if more than one.
 
@@ -602,6 +638,14 @@ def train_denoiser(
         data_shape = data.shape[1:]
     if eval_data is not None:
         eval_data = _check_data(model, eval_data, "eval_data")
+    if noise_levels is not None:
+        if not isinstance(sigma, tuple):
+            raise ValueError("noise_levels needs a noise-conditional network and a sigma range (lo, hi)")
+        noise_levels = tuple(float(v) for v in noise_levels)
+        if len(noise_levels) != 2 or not (math.isfinite(noise_levels[0]) and noise_levels[1] > 0):
+            raise ValueError(
+                f"noise_levels must be (mean, std) of ln s with std > 0, got {noise_levels!r}"
+            )
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
     if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
@@ -651,9 +695,12 @@ def train_denoiser(
         "ema_decay": ema_decay,
         "num_examples": None if batches is not None else int(data.shape[0]),
     }
-    eval_sigmas = (
-        np.geomspace(sigma[0], sigma[1], 3) if isinstance(sigma, tuple) else np.array([sigma])
-    )
+    train_settings["noise_levels"] = None if noise_levels is None else list(noise_levels)
+    if eval_sigmas is None:
+        eval_sigmas = np.geomspace(sigma[0], sigma[1], 3) if isinstance(sigma, tuple) else [sigma]
+    eval_sigmas = np.asarray(eval_sigmas, dtype=np.float64).reshape(-1)
+    for s in eval_sigmas:
+        _check_sigma_value(float(s))
 
     start, losses, eval_steps, eval_mse = 0, [], [], []
     if checkpoint_dir is not None and _step_dirs(checkpoint_dir):
@@ -681,10 +728,12 @@ def train_denoiser(
         iteration = functools.partial(
             nnx.cached_partial(train_iteration, model, opt, ema_model), data_device,
             batch_size=batch_size, ema_decay=ema_decay, batch_sharding=batch_sharding,
+            noise_levels=noise_levels,
         )
     else:
         on_batch = functools.partial(
-            nnx.cached_partial(train_on_batch, model, opt, ema_model), ema_decay=ema_decay
+            nnx.cached_partial(train_on_batch, model, opt, ema_model),
+            ema_decay=ema_decay, noise_levels=noise_levels,
         )
 
         def iteration(key: jax.Array, step: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -727,6 +776,7 @@ def train_denoiser(
         return float(np.mean(losses[-_LOG_EVERY:]))
 
     postfix: dict[str, str] = {}
+    clock = [time.perf_counter(), start]
     with tqdm(total=steps, initial=start, disable=not progress_bar, desc="train") as bar:
         for step in range(start, steps):
             pending.append(iteration(train_key, jnp.int32(step), sigma_device))
@@ -737,11 +787,18 @@ def train_denoiser(
             if not (evaluate_now or save_now or done % _LOG_EVERY == 0 or done == steps):
                 continue
             metrics: dict[str, Any] = {"loss": flush(done)}
+            now = time.perf_counter()
+            metrics["images_per_second"] = (done - clock[1]) * batch_size / max(now - clock[0], 1e-9)
+            clock[:] = [now, done]
             postfix["loss"] = f"{metrics['loss']:.4g}"
+            postfix["img/s"] = f"{metrics['images_per_second']:.0f}"
             if evaluate_now:
                 metrics["heldout_mse"] = evaluate(done)
                 postfix["heldout_mse"] = "/".join(f"{v:.4g}" for v in metrics["heldout_mse"].values())
-                _log.info("step %d: loss %s, held-out MSE %s", done, postfix["loss"], metrics["heldout_mse"])
+                _log.info(
+                    "step %d: loss %s, %s images/s, held-out MSE %s",
+                    done, postfix["loss"], postfix["img/s"], metrics["heldout_mse"],
+                )
             bar.set_postfix(postfix)
             if callback is not None:
                 callback(done, metrics)

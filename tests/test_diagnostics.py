@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from numpyro_wjs.diagnostics import attach, frechet_distance, mode_hopping
+from numpyro_wjs.diagnostics import attach, classifier_scores, frechet_distance, mode_hopping
 from numpyro_wjs.targets import GaussianMixture
 
 
@@ -317,3 +317,82 @@ def test_frechet_identity_symmetry_and_translation():
 def test_frechet_bad_inputs_raise(a, b, error, match):
     with pytest.raises(error, match=match):
         frechet_distance(a, b)
+
+
+# ---------------------------------------------------------------------------
+# classifier_scores: a stub classifier whose answers are written into the draws
+
+
+class _StubClassifier:
+    """Draws (..., 3): column 0 the label, column 1 its probability, column 2 a feature.
+
+    The rest of the probability is spread evenly over the other classes.
+    """
+
+    K = 4
+
+    def probs(self, x):
+        x = np.asarray(x)
+        label, p = x[:, 0].astype(int), x[:, 1]
+        out = np.repeat(((1 - p) / (self.K - 1))[:, None], self.K, axis=1)
+        out[np.arange(len(x)), label] = p
+        return out
+
+    def features(self, x):
+        x = np.asarray(x)
+        return np.stack([x[:, 2], x[:, 2] ** 2], axis=1)
+
+
+def _draws(labels, confidence, features):
+    return np.stack([np.asarray(labels, float), np.asarray(confidence, float),
+                     np.asarray(features, float)], axis=-1)
+
+
+def test_classifier_scores_by_hand():
+    # chain 0: labels 0 1 1 2 0 0 with draw 2 unconfident -> confident sequence 0 1 2 0 0:
+    # 3 changes; chain 1: 3 3 3 1 1 1, draw 0 unconfident -> 3 3 1 1 1: 1 change.
+    labels = [[0, 1, 1, 2, 0, 0], [3, 3, 3, 1, 1, 1]]
+    conf = [[0.95, 0.9, 0.5, 0.99, 0.92, 0.91], [0.3, 0.97, 0.97, 0.97, 0.97, 0.97]]
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(2, 6))
+    draws = _draws(labels, conf, feats)
+    heldout = _draws(np.zeros(50), np.ones(50), rng.normal(size=50))
+    reference = _draws(np.zeros(40), np.ones(40), rng.normal(size=40))
+    scores = classifier_scores(draws, _StubClassifier(), heldout, reference, steps_per_draw=5,
+                               evaluations_per_draw=20, thin_steps=10, seed=3)
+    assert scores["confident"] == pytest.approx(10 / 12)
+    # 4 changes over 2 chains x 6 draws x 5 walk steps = 60 steps; 240 network calls
+    assert scores["changes_per_1000_steps"] == pytest.approx(1000 * 4 / 60)
+    assert scores["changes_per_1000_evaluations"] == pytest.approx(1000 * 4 / 240)
+    # class shares of the ten confident draws, against uniform over K = 4
+    confident_labels = [0, 1, 2, 0, 0, 3, 3, 1, 1, 1]
+    shares = np.bincount(confident_labels, minlength=4) / 10
+    assert scores["class_tv"] == pytest.approx(0.5 * np.abs(shares - 0.25).sum())
+    # one draw every 10 walk steps = every 2nd draw: draws 0, 2, 4 of each chain
+    thinned = draws[:, ::2].reshape(-1, 3)
+    stub = _StubClassifier()
+    assert scores["frechet_samples"] == 6
+    assert scores["frechet"] == pytest.approx(frechet_distance(stub.features(thinned), stub.features(heldout)))
+    rows = np.random.default_rng(3).choice(40, 6, replace=False)
+    floor = frechet_distance(stub.features(reference[rows]), stub.features(heldout))
+    assert scores["frechet_floor"] == pytest.approx(floor)
+    assert scores["frechet_ratio"] == pytest.approx(scores["frechet"] / floor)
+
+
+def test_classifier_scores_of_data_sit_at_the_floor_and_refuse_nan():
+    # Draws that are themselves data: the ratio to the floor is 1 up to sampling error
+    # (200 rows of 2 features: the Frechet estimates have a relative spread of about 30%).
+    rng = np.random.default_rng(1)
+    data = lambda n: _draws(rng.integers(0, 4, n), np.ones(n), rng.normal(size=n))  # noqa: E731
+    draws = data(400).reshape(4, 100, 3)
+    scores = classifier_scores(draws, _StubClassifier(), data(2000), data(2000), thin_steps=2)
+    assert scores["frechet_samples"] == 200
+    assert 0.2 < scores["frechet_ratio"] < 5
+    shifted = draws + np.array([0, 0, 1.0])
+    assert classifier_scores(shifted, _StubClassifier(), data(2000), data(2000), thin_steps=2)["frechet_ratio"] > 20
+    bad = draws.copy()
+    bad[0, 3, 2] = np.nan
+    with pytest.raises(ValueError, match="diverging"):
+        classifier_scores(bad, _StubClassifier(), data(10), data(10))
+    with pytest.raises(ValueError, match="threshold"):
+        classifier_scores(draws, _StubClassifier(), data(10), data(10), threshold=0)

@@ -529,9 +529,61 @@ def test_callback_and_progress_bar_show_heldout_mse(data, capsys):
     result = train_denoiser(tiny_mlp(), x, SIGMA, eval_data=x_eval, callback=lambda *a: seen.append(a),
                             **{**RUN, "progress_bar": True})
     assert [step for step, _ in seen] == [N, 2 * N]
-    assert all(set(m) == {"loss", "heldout_mse"} for _, m in seen)
+    assert all(set(m) == {"loss", "images_per_second", "heldout_mse"} for _, m in seen)
+    assert all(m["images_per_second"] > 0 for _, m in seen)
     assert seen[-1][1]["heldout_mse"] == {"1": pytest.approx(result.eval_mse[-1, 0])}
     assert f"heldout_mse={result.eval_mse[-1, 0]:.4g}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Noise levels of noise-conditional training
+
+
+class _RecordsNoise:
+    """Stands in for a noise-conditional network: records ``s`` and returns zeros."""
+
+    noise_conditional = True
+
+    def __call__(self, y, s):
+        self.s = np.asarray(s)
+        return jnp.zeros_like(y)
+
+
+@pytest.mark.parametrize("noise_levels", [None, (np.log(0.6), 0.7)])
+def test_noise_levels_follow_their_distribution_within_the_range(noise_levels):
+    from scipy import stats
+
+    lo, hi, n = 0.05, 1.2, 20_000
+    stub = _RecordsNoise()
+    train_module.loss_fn(stub, jnp.zeros((n, 2)), jax.random.key(0), jnp.array([lo, hi]), noise_levels)
+    log_s = np.log(stub.s)
+    assert log_s.shape == (n,) and lo <= stub.s.min() and stub.s.max() <= hi * (1 + 1e-6)
+    if noise_levels is None:
+        exact = stats.uniform(np.log(lo), np.log(hi) - np.log(lo))
+    else:
+        m, v = noise_levels
+        exact = stats.truncnorm((np.log(lo) - m) / v, (np.log(hi) - m) / v, loc=m, scale=v)
+    assert abs(log_s.mean() - exact.mean()) < Z * exact.std() / np.sqrt(n)
+    # the share above ln 0.7, a binomial proportion
+    p = exact.sf(np.log(0.7))
+    assert abs(np.mean(log_s > np.log(0.7)) - p) < Z * np.sqrt(p * (1 - p) / n)
+
+
+def test_noise_levels_are_part_of_the_run(data, tmp_path):
+    x, x_eval = data
+    net = lambda: MLP(2, (8,), noise_conditional=True, sigma_data=SIGMA_DATA, rngs=nnx.Rngs(0))  # noqa: E731
+    run = dict(steps=4, batch_size=16, progress_bar=False, checkpoint_dir=tmp_path / "run")
+    result = train_denoiser(net(), x, (0.1, 2.0), noise_levels=(0.0, 0.5), eval_data=x_eval,
+                            eval_sigmas=[0.3, 1.0], **run)
+    np.testing.assert_array_equal(result.eval_sigmas, [0.3, 1.0])
+    assert checkpoint_metadata(tmp_path / "run")["train"]["noise_levels"] == [0.0, 0.5]
+    for other in [(0.0, 0.6), None]:
+        with pytest.raises(CheckpointError, match="noise_levels"):
+            train_denoiser(net(), x, (0.1, 2.0), noise_levels=other, **{**run, "steps": 8})
+    with pytest.raises(ValueError, match="sigma range"):
+        train_denoiser(tiny_mlp(), x, SIGMA, noise_levels=(0.0, 0.5), steps=2, progress_bar=False)
+    with pytest.raises(ValueError, match="std > 0"):
+        train_denoiser(net(), x, (0.1, 2.0), noise_levels=(0.0, 0.0), steps=2, progress_bar=False)
 
 
 # ---------------------------------------------------------------------------
