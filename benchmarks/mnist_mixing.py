@@ -1,10 +1,10 @@
-"""Digit hopping of walk-jump on MNIST: confident digit changes per 1,000 walk steps.
+"""Digit hopping and jump quality of walk-jump on MNIST at sigma = 1, M = 1.
 
 The shipped noise-conditional U-Net (``load_pretrained("mnist")``) drives
-``WalkJump`` at ``sigma = 1`` with one measurement (``M = 1``, one jump per walk
-step, one denoiser call per step); 32 vectorized chains start from black images,
-run ``--warmup`` draws, then ``--steps`` recorded draws. The shipped classifier
-labels every jump. Reported per walk setting:
+``WalkJump`` at ``sigma = 1`` with one measurement (one jump and one denoiser call
+per walk step); 64 vectorized chains start from black images and run ``--steps``
+walk steps, the first quarter burn-in. The shipped classifier scores the jumps
+(``diagnostics.classifier_scores``):
 
 * ``changes / 1000 steps``: digit changes between consecutive *confident* jumps
   (top class probability >= 0.9; unconfident jumps are skipped), per chain and
@@ -12,27 +12,33 @@ labels every jump. Reported per walk setting:
 * ``confident``: the fraction of jumps classified with probability >= 0.9;
 * ``class TV``: total variation between the class shares of the confident jumps
   and uniform;
+* ``FD / floor``: Frechet distance of classifier features of one jump every 50 walk
+  steps to the held-out digits 8000-9999, over the same distance for as many
+  training digits (the floor at this sample size; the ratio of data is 1);
 * ``step / sigma``: the walk step after warmup.
 
-Settings: the default walk (fixed step ``sigma``, friction 0.5) against the
-former default (step tuned in warmup to an estimated acceptance of 0.9 of the
-whole step, friction 1), measured in the same run.
+Settings: the default walk (fixed step ``sigma``, friction 0.5) and, with
+``--former``, the former default (step tuned in warmup to an estimated acceptance of
+0.9 of the whole step, friction 1), measured in the same run.
 
-Run from the repository root (about 2 minutes on two cores)::
+Run from the repository root (about 3 minutes on two cores, twice that with ``--former``)::
 
-    python benchmarks/mnist_mixing.py [--steps 1000] [--chains 32]
+    python benchmarks/mnist_mixing.py [--steps 1500] [--chains 64] [--former]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC
 
+from numpyro_wjs.data import load_mnist
+from numpyro_wjs.diagnostics import classifier_scores
 from numpyro_wjs.pretrained import load_pretrained
 from numpyro_wjs.walkjump import WalkJump
 
@@ -46,21 +52,12 @@ SETTINGS = {
 }
 
 
-def confident_changes(probs: np.ndarray) -> tuple[int, np.ndarray]:
-    """Digit changes between consecutive confident jumps, and the confident labels; probs (C, T, 10)."""
-    confident, labels = probs.max(-1) >= CONFIDENT, probs.argmax(-1)
-    changes = 0
-    for c in range(probs.shape[0]):
-        seq = labels[c][confident[c]]
-        changes += int((seq[1:] != seq[:-1]).sum())
-    return changes, labels[confident]
-
-
-def run(net, classify, kwargs: dict, args: argparse.Namespace) -> dict:
+def run(net, classifier, data, kwargs: dict, args: argparse.Namespace) -> dict:
     kernel = WalkJump(lambda y, s: net(y, s), SIGMA, noise_conditional=True, **kwargs)
+    burn_in = args.steps // 4
 
     def sample(key):
-        mcmc = MCMC(kernel, num_warmup=args.warmup, num_samples=args.steps, num_chains=args.chains,
+        mcmc = MCMC(kernel, num_warmup=burn_in, num_samples=args.steps - burn_in, num_chains=args.chains,
                     chain_method="vectorized", progress_bar=False)
         mcmc.run(key, init_params=jnp.zeros((args.chains, 28, 28, 1)),
                  extra_fields=("adapt_state.step_size", "diverging"))
@@ -68,17 +65,16 @@ def run(net, classify, kwargs: dict, args: argparse.Namespace) -> dict:
         return mcmc.get_samples(group_by_chain=True), fields["adapt_state.step_size"][:, -1], fields["diverging"]
 
     start = time.perf_counter()
-    jumps, step, diverging = jax.jit(sample)(jax.random.key(args.seed))
-    jumps = np.asarray(jumps)
+    jumps, step, diverging = jax.block_until_ready(jax.jit(sample)(jax.random.key(args.seed)))
     wall = time.perf_counter() - start
-    probs = np.concatenate([np.asarray(classify(jnp.asarray(b))) for b in
-                            np.array_split(jumps.reshape(-1, 28, 28, 1), 16)]).reshape(*jumps.shape[:2], 10)
-    changes, labels = confident_changes(probs)
-    shares = np.bincount(labels, minlength=10) / max(labels.size, 1)
+    scores = classifier_scores(np.asarray(jumps), classifier, *data, threshold=CONFIDENT, seed=args.seed)
     return {
-        "changes / 1000 steps": 1000 * changes / (args.chains * args.steps),
-        "confident": float((probs.max(-1) >= CONFIDENT).mean()),
-        "class TV": 0.5 * float(np.abs(shares - 0.1).sum()),
+        "changes / 1000 steps": scores["changes_per_1000_steps"],
+        "confident": scores["confident"],
+        "class TV": scores["class_tv"],
+        "FD / floor": scores["frechet_ratio"],
+        "FD": scores["frechet"],
+        "floor": scores["frechet_floor"],
         "step / sigma": float(np.mean(step)) / SIGMA,
         "diverging": int(np.asarray(diverging).sum()),
         "wall s": wall,
@@ -87,17 +83,19 @@ def run(net, classify, kwargs: dict, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1000, help="recorded walk steps per chain")
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--chains", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1500, help="walk steps per chain, a quarter burn-in")
+    parser.add_argument("--chains", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--former", action="store_true", help="also run the former default walk")
     args = parser.parse_args()
     print(machine())
-    print(f"sigma={SIGMA}, M=1, {args.chains} chains, {args.warmup} warmup + {args.steps} walk steps each, "
+    print(f"sigma={SIGMA}, M=1, {args.chains} chains x {args.steps} walk steps (a quarter burn-in), "
           f"confident: p >= {CONFIDENT}\n")
     net, classifier = load_pretrained("mnist"), load_pretrained("mnist-classifier")
-    classify = jax.jit(classifier.probs)
-    rows = {name: run(net, classify, kw, args) for name, kw in SETTINGS.items()}
+    classify = SimpleNamespace(probs=jax.jit(classifier.probs), features=jax.jit(classifier.features))
+    data = (load_mnist(split="heldout")[0], load_mnist(split="train")[0])
+    settings = SETTINGS if args.former else dict(list(SETTINGS.items())[:1])
+    rows = {name: run(net, classify, data, kw, args) for name, kw in settings.items()}
     cols = list(next(iter(rows.values())))
     print("| walk | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for name, r in rows.items():

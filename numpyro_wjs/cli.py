@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "demo_target", "main"]
 
-from .pretrained import MNIST_DENOISER_DIR, PRETRAINED_DIR  # noqa: F401 - part of the CLI's API
+from .pretrained import MNIST_DENOISER_DIR, MNIST_WALK_JUMP, PRETRAINED_DIR  # noqa: F401 - part of the CLI's API
 
 #: Weights ``pi_k`` of the demo target ``p(x) = sum_k pi_k N(x; mu_k, 0.5^2 I)`` on ``R^2``.
 DEMO_WEIGHTS = (0.35, 0.25, 0.2, 0.12, 0.08)
@@ -69,9 +69,8 @@ _QUICK_SAMPLERS = ("NUTS", "WalkJump")
 #: Walk steps and warmup of the full and the ``--quick`` MNIST demo.
 _MNIST_DEFAULTS = {"budget": 200, "chains": 4, "warmup": 100}
 _MNIST_QUICK = {"budget": 30, "chains": 2, "warmup": 20}
-#: MNIST walk-jump: walk at sigma = 1 (mixes across digits), jump with M = 4 sequential
-#: measurements (the quality of sigma / 2), five walk steps per jump.
-_MNIST_WALKJUMP = {"sigma": 1.0, "num_measurements": 4, "mode": "sequential", "num_inner_steps": 8, "jump_every": 5}
+#: Optimizer steps of ``train`` (``--pretrained-mnist``: the recipe's).
+_TRAIN_STEPS = 2000
 
 
 class UsageError(Exception):
@@ -356,7 +355,7 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
     net = load_denoiser(MNIST_DENOISER_DIR)
     classifier, _ = load_pretrained_classifier()
     if net.noise_conditional:
-        settings = dict(_MNIST_WALKJUMP)
+        settings = dict(MNIST_WALK_JUMP)
         sigma = settings.pop("sigma")
         kernel = WalkJump(lambda y, s: net(y, s), sigma, noise_conditional=True, **settings)
         how = (f"sigma={sigma:g}, {settings['num_measurements']} sequential measurements, "
@@ -465,7 +464,10 @@ def _train(args: argparse.Namespace) -> int:
             _, meta = train_pretrained_classifier(out, data_path=args.data_path)
             print(f"held-out accuracy {meta['heldout_accuracy']:.4f}; saved to {out}")
         else:
-            _, meta = train_pretrained_denoiser(out, data_path=args.data_path, checkpoint_dir=args.checkpoint_dir)
+            recipe = {} if args.steps is None else {"steps": args.steps}
+            _, meta = train_pretrained_denoiser(
+                out, data_path=args.data_path, checkpoint_dir=args.checkpoint_dir, **recipe
+            )
             print(f"held-out MSE per image: {meta['heldout_mse_per_image']}; saved to {out}")
         return 0
     from flax import nnx
@@ -497,7 +499,7 @@ def _train(args: argparse.Namespace) -> int:
         net = MLP(data.shape[-1], tuple(args.hidden or (256, 256)), noise_conditional=conditional, rngs=rngs)
     out = _output_dir(args.out or "wjs-denoiser")
     result = train_denoiser(
-        net, data, sigma, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        net, data, sigma, steps=args.steps or _TRAIN_STEPS, batch_size=args.batch_size, learning_rate=args.lr,
         eval_data=eval_data, seed=args.seed, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
         overwrite=args.overwrite,
     )
@@ -551,8 +553,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="noise level of a fixed-sigma denoiser (default 0.5)")
     parser.add_argument("--sigma-range", type=_positive_float, nargs=2, metavar=("LO", "HI"), default=None,
                         help="train a noise-conditional denoiser on s log-uniform in [LO, HI] (not with --sigma)")
-    parser.add_argument("--steps", type=_positive_int, default=2000,
-                        help="total steps; more than a finished run in --out continues it")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help=f"total steps (default {_TRAIN_STEPS}; --pretrained-mnist: the recipe's); "
+                             "more than a finished run in --out (or --checkpoint-dir) continues it")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate of AdamW")
     parser.add_argument("--channels", type=_positive_int, nargs="+", default=None,

@@ -139,18 +139,23 @@ def check_tradeoff(r: dict) -> None:
     for row in rows:
         # Cost of a sequential jump: jump_every + (M - 1) (num_inner_steps + 1) calls.
         extra = (row["num_measurements"] - 1) * (r["num_inner_steps"] + 1)
-        assert row["evaluations_per_draw"] == r["jump_every"] + extra
+        assert row["evaluations_per_draw"] == row["jump_every"] + extra
         # The jumps are posterior means at sigma / sqrt(M).
         assert abs(row["jump_noise"] - row["sigma"] / math.sqrt(row["num_measurements"])) < 1e-4
-        # The two rates count the same switches, per walk step and per denoiser call.
-        per_call = row["switches_per_1000_steps"] * r["jump_every"] / row["evaluations_per_draw"]
-        assert math.isclose(row["switches_per_1000_evaluations"], per_call, rel_tol=1e-9, abs_tol=1e-9)
-        assert 0 < row["confidence"] <= 1 and 0 < row["confidence_oracle"] <= 1
-        assert row["frechet"] >= 0 and row["frechet_oracle"] >= 0
-    # Both rows use the same key and sigma, so the same walk: only the jumps differ, and the
-    # extra measurement costs (num_inner_steps + 1) calls per draw for the same walk steps.
+        # The two rates count the same changes, per walk step and per denoiser call.
+        per_call = row["changes_per_1000_steps"] * row["jump_every"] / row["evaluations_per_draw"]
+        assert math.isclose(row["changes_per_1000_evaluations"], per_call, rel_tol=1e-9, abs_tol=1e-9)
+        assert 0 < row["confident"] <= 1 and 0 <= row["class_tv"] < 0.9
+        assert row["frechet"] >= 0 and row["frechet_floor"] > 0
+        assert math.isclose(row["frechet_ratio"], row["frechet"] / row["frechet_floor"], rel_tol=1e-9)
+        # one jump every thin_steps walk steps of the recorded draws of every chain
+        draws = (r["walk_steps_per_chain"] - r["burn_in_steps"]) // row["jump_every"]
+        thin = max(1, r["thin_steps"] // row["jump_every"])
+        assert row["frechet_samples"] == r["chains"] * math.ceil(draws / thin)
+    # Both rows walk at the same sigma; the extra measurement costs (num_inner_steps + 1)
+    # calls per draw.
     assert rows[0]["sigma"] == rows[1]["sigma"]
-    assert rows[1]["evaluations_per_draw"] - rows[0]["evaluations_per_draw"] == r["num_inner_steps"] + 1
+    assert rows[1]["evaluations_per_draw"] - rows[1]["jump_every"] == r["num_inner_steps"] + 1
 
 
 CLAIMS = {

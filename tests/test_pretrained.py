@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from mnist_data import SHARED_MNIST, needs_mnist
 
 from numpyro_wjs import pretrained
@@ -44,3 +45,43 @@ def test_load_pretrained_errors(monkeypatch, tmp_path):
     monkeypatch.setattr(pretrained, "MNIST_DENOISER_DIR", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="train --pretrained-mnist"):
         pretrained.load_pretrained("mnist")
+
+
+@needs_mnist
+def test_shipped_denoiser_was_chosen_on_validation_digits_only():
+    meta = json.loads((pretrained.MNIST_DENOISER_DIR / "metadata.json").read_text())
+    assert meta["train_split"].startswith("MNIST t10k digits 0-6999")
+    assert meta["validation_split"].startswith("MNIST t10k digits 7000-7999")
+    validation = meta["validation_mse_per_image"]
+    best = int(np.argmin(np.sum(validation["mse"], axis=1)))
+    assert meta["selected_step"] == validation["steps"][best]
+    assert meta["images_seen"] == meta["selected_step"] * meta["training_recipe"]["batch_size"]
+    assert set(meta["heldout_mse_per_image"]) == {str(s) for s in pretrained.EVAL_SIGMAS}
+
+
+@needs_mnist
+def test_recipe_publishes_the_checkpoint_with_the_lowest_validation_error(tmp_path, monkeypatch):
+    from numpyro_wjs import train
+
+    # Make the validation error of step 10 the lowest, whatever the training did.
+    real = train.denoising_errors
+    calls = []
+
+    def scored(model, data, sigma, *, key, batch_size=1024):
+        err = real(model, data, sigma, key=key, batch_size=batch_size)
+        if data.shape[0] == 1000:  # the validation digits 7000-7999
+            calls.append(1)
+            return err * (0.5 if len(calls) <= 3 else 1.0)  # the first evaluation: step 10
+        return err
+
+    monkeypatch.setattr(train, "denoising_errors", scored)
+    model, meta = pretrained.train_pretrained_denoiser(
+        tmp_path / "out", data_path=SHARED_MNIST, channels=(8, 16), steps=20, checkpoint_every=10,
+        checkpoint_dir=tmp_path / "run", progress_bar=False,
+    )
+    assert meta["validation_mse_per_image"]["steps"] == [10, 20]
+    assert meta["selected_step"] == 10 and meta["images_seen"] == 10 * 64
+    published = train.load_denoiser(tmp_path / "out")
+    at_10 = train.load_denoiser(tmp_path / "run" / "step_00000010")
+    for a, b in zip(jax.tree.leaves(nnx.state(published, nnx.Param)), jax.tree.leaves(nnx.state(at_10, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
