@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     predict = jax.jit(lambda x: classifier.predict(x))
     classify = SimpleNamespace(probs=jax.jit(classifier.probs), features=jax.jit(classifier.features))
     denoise = jax.jit(lambda y, s: net(y, s))
+    heldout_features = np.asarray(classify.features(heldout))
 
     C, T = budget["chains"], budget["steps"]
     x0 = jnp.zeros((C, 28, 28, 1))
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         x = train[np.random.default_rng(args.seed + 1).choice(train.shape[0], n, replace=False)]
         noise = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), x.shape))
         oracle = np.asarray(denoise(jnp.asarray(x + s_eff * noise), s_eff))
-        oracle_fd = frechet_distance(np.asarray(classify.features(oracle)), np.asarray(classify.features(heldout)))
+        oracle_fd = frechet_distance(np.asarray(classify.features(oracle)), heldout_features)
         rows.append({
             "sigma": sigma, "num_measurements": M, "mode": mode, "jump_every": J,
             "jump_noise": round(float(s_eff), 4),

@@ -101,11 +101,13 @@ def train_pretrained_denoiser(
     """
     from flax import nnx
 
-    from .data import load_mnist
+    from .data import MNIST_HELDOUT_START, load_mnist
     from .denoisers import UNet
     from .train import load_denoiser, save_checkpoint, train_denoiser
 
-    digits, _ = load_mnist(data_path, split="train")
+    # t10k digits 0-7999: split="train" ends with them (after MNIST's 60,000 training
+    # digits when those files are present too)
+    digits = load_mnist(data_path, split="train")[0][-MNIST_HELDOUT_START:]
     heldout, _ = load_mnist(data_path, split="heldout")
     train_images, validation = digits[:VALIDATION_START], digits[VALIDATION_START:]
     recipe = {

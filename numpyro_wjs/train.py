@@ -164,8 +164,8 @@ def loss_fn(
 
     Noise-conditional networks (``sigma = [lo, hi]``): ``s_b`` is drawn log-uniformly
     on ``[lo, hi]`` per example (with ``noise_levels = (m, v)``: ``ln s_b ~ N(m, v^2)``
-    truncated to ``[ln lo, ln hi]``, EDM's log-normal restricted to the range), the network is called as ``model(y, s)`` with ``s`` of
-    shape ``(B,)``, and each error is weighted by ``1 / c_out(s_b)^2`` with the model's
+    truncated to ``[ln lo, ln hi]``, EDM's log-normal restricted to the range), the
+    network is called as ``model(y, s)`` with ``s`` of shape ``(B,)``, and each error is weighted by ``1 / c_out(s_b)^2`` with the model's
     ``sigma_data`` (1 when it has none; EDM weighting: it makes the regression target
     of the raw network unit-scale at every noise level, so small noise levels are not
     drowned out)::
@@ -776,7 +776,7 @@ def train_denoiser(
         return float(np.mean(losses[-_LOG_EVERY:]))
 
     postfix: dict[str, str] = {}
-    clock = [time.perf_counter(), start]
+    last_time, last_step = time.perf_counter(), start
     with tqdm(total=steps, initial=start, disable=not progress_bar, desc="train") as bar:
         for step in range(start, steps):
             pending.append(iteration(train_key, jnp.int32(step), sigma_device))
@@ -788,8 +788,8 @@ def train_denoiser(
                 continue
             metrics: dict[str, Any] = {"loss": flush(done)}
             now = time.perf_counter()
-            metrics["images_per_second"] = (done - clock[1]) * batch_size / max(now - clock[0], 1e-9)
-            clock[:] = [now, done]
+            metrics["images_per_second"] = (done - last_step) * batch_size / max(now - last_time, 1e-9)
+            last_time, last_step = now, done
             postfix["loss"] = f"{metrics['loss']:.4g}"
             postfix["img/s"] = f"{metrics['images_per_second']:.0f}"
             if evaluate_now:

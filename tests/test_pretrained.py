@@ -61,7 +61,7 @@ def test_shipped_denoiser_was_chosen_on_validation_digits_only():
 
 @needs_mnist
 def test_recipe_publishes_the_checkpoint_with_the_lowest_validation_error(tmp_path, monkeypatch):
-    from numpyro_wjs import train
+    from numpyro_wjs import data, train
 
     # Make the validation error of step 10 the lowest, whatever the training did.
     real = train.denoising_errors
@@ -75,12 +75,26 @@ def test_recipe_publishes_the_checkpoint_with_the_lowest_validation_error(tmp_pa
         return err
 
     monkeypatch.setattr(train, "denoising_errors", scored)
+    # With MNIST's training set present, split="train" puts its digits first: the
+    # recipe still takes t10k digits 0-6999 and validates on 7000-7999.
+    real_load = data.load_mnist
+
+    def with_training_set(path=None, *, split="train", **kwargs):
+        images, labels = real_load(path, split=split, **kwargs)
+        if split != "train":
+            return images, labels
+        extra = np.ones((50, 28, 28, 1), np.float32), np.zeros(50, np.int32)
+        return np.concatenate([extra[0], images]), np.concatenate([extra[1], labels])
+
+    monkeypatch.setattr(data, "load_mnist", with_training_set)
     model, meta = pretrained.train_pretrained_denoiser(
         tmp_path / "out", data_path=SHARED_MNIST, channels=(8, 16), steps=20, checkpoint_every=10,
         checkpoint_dir=tmp_path / "run", progress_bar=False,
     )
     assert meta["validation_mse_per_image"]["steps"] == [10, 20]
     assert meta["selected_step"] == 10 and meta["images_seen"] == 10 * 64
+    assert meta["train_split"].endswith("(7000 digits)")
+    assert meta["validation_split"].endswith("(1000 digits)")
     published = train.load_denoiser(tmp_path / "out")
     at_10 = train.load_denoiser(tmp_path / "run" / "step_00000010")
     for a, b in zip(jax.tree.leaves(nnx.state(published, nnx.Param)), jax.tree.leaves(nnx.state(at_10, nnx.Param))):
