@@ -2,7 +2,7 @@
 
 For ``p_X = sum_k pi_k N(mu_k, tau_k^2 I)`` the posterior mean ``E[X | y]`` is exact
 (theory.md section 3), so the Bayes risk ``E||X - E[X|Y]||^2`` is the floor for any
-denoiser. Each case trains an MLP with :func:`numpyro_wjs.train.train_denoiser` and
+denoiser. Each case trains an MLP with :func:`numpyro_wjs.nn.train.train_denoiser` and
 scores the EMA network and the exact Bayes denoiser on the same held-out pairs
 ``(x, eps)``; the ratio of their mean squared errors should be at most 1.05. The
 standard error of the excess ``mean(err_net - err_bayes)`` comes from the paired
@@ -25,9 +25,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from numpyro_wjs.denoisers import MLP
+from numpyro_wjs.nn.denoisers import MLP
 from numpyro_wjs.targets import GaussianMixture
-from numpyro_wjs.train import denoising_errors, train_denoiser
+from numpyro_wjs.nn.train import denoising_errors, train_denoiser
 
 
 def ring_2d() -> GaussianMixture:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from numpyro_wjs import diagnostics
+from numpyro_wjs.diagnostics import modes as diagnostics
 
 
 def sticky_labels(rng: np.random.Generator, chains: int, draws: int, K: int) -> np.ndarray:

@@ -46,7 +46,7 @@ def run_case(name: str) -> dict:
     from _context import CompileCounter
 
     if name == "WalkJump MNIST U-Net":
-        from numpyro_wjs.pretrained import load_pretrained
+        from numpyro_wjs.nn.pretrained import load_pretrained
 
         net = load_pretrained("mnist")
         kernel = WalkJump(lambda y, s: net(y, s), 1.0, noise_conditional=True)

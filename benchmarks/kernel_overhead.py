@@ -12,7 +12,7 @@ the same update runs on ``C`` vectorized chains for ``T`` steps in these loops:
 * ``mcmc-jit``: the same ``MCMC`` built and run inside one ``jax.jit``-ed function
   (compiled once), so the cost is the compiled program alone;
 * ``floor``: ``jax.lax.scan`` over ``jax.vmap`` of the pure step of
-  :mod:`numpyro_wjs.langevin`, stacking the positions into ``(T, C, d)``;
+  :mod:`numpyro_wjs.core.langevin`, stacking the positions into ``(T, C, d)``;
 * ``blackjax`` (MALA only): ``blackjax.mala`` in the same scan-vmap loop.
 
 Every scan loop carries one key per chain and splits it once per step, as the

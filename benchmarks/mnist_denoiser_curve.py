@@ -1,6 +1,6 @@
 """Held-out error of the MNIST denoiser against training images seen: what more compute buys.
 
-Reads a training folder of ``numpyro_wjs.pretrained.train_pretrained_denoiser``
+Reads a training folder of ``numpyro_wjs.nn.pretrained.train_pretrained_denoiser``
 (``numpyro-wjs train --pretrained-mnist --checkpoint-dir DIR``), scores the EMA weights
 of every ``--every``-th checkpoint on the held-out digits 8000-9999 (mean squared error
 per pixel at ``EVAL_SIGMAS``, the same noise for every checkpoint) and prints a table
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from numpyro_wjs.data import load_mnist
-from numpyro_wjs.pretrained import EVAL_SIGMAS, heldout_errors
-from numpyro_wjs.train import checkpoint_metadata, load_denoiser
+from numpyro_wjs.nn.pretrained import EVAL_SIGMAS, heldout_errors
+from numpyro_wjs.nn.train import checkpoint_metadata, load_denoiser
 
 from _context import machine
 

@@ -38,9 +38,9 @@ import numpy as np
 from numpyro.infer import MCMC
 
 from numpyro_wjs.data import load_mnist
-from numpyro_wjs.diagnostics import classifier_scores
-from numpyro_wjs.pretrained import load_pretrained
-from numpyro_wjs.walkjump import WalkJump
+from numpyro_wjs.diagnostics.modes import classifier_scores
+from numpyro_wjs.nn.pretrained import load_pretrained
+from numpyro_wjs.infer.walkjump import WalkJump
 
 from _context import machine
 

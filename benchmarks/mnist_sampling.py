@@ -53,9 +53,10 @@ import numpy as np
 from flax import nnx
 from numpyro.infer import MCMC
 
-from numpyro_wjs import langevin, walkjump
-from numpyro_wjs.denoisers import UNet
-from numpyro_wjs.walkjump import WalkJump, WalkState
+from numpyro_wjs import langevin
+from numpyro_wjs.infer import walkjump
+from numpyro_wjs.nn.denoisers import UNet
+from numpyro_wjs.infer.walkjump import WalkJump, WalkState
 
 from _context import CompileCounter, machine
 
@@ -71,7 +72,7 @@ THINNING = 10
 def load_network() -> tuple[UNet, str]:
     """The shipped MNIST denoiser, or an untrained U-Net of the same architecture."""
     try:
-        from numpyro_wjs.pretrained import load_pretrained
+        from numpyro_wjs.nn.pretrained import load_pretrained
 
         return load_pretrained("mnist"), "pretrained MNIST denoiser (load_pretrained('mnist'))"
     except FileNotFoundError:

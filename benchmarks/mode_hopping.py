@@ -9,7 +9,7 @@ started in one mode stays there.
 
 Samplers, all from the same initial points (every chain at the heaviest mode plus
 ``N(0, (0.03)^2)`` jitter) with the same budget of evaluations per chain
-(:func:`numpyro_wjs.comparison.compare`):
+(:func:`numpyro_wjs.diagnostics.comparison.compare`):
 
 * ``NUTS`` and ``MALA`` on ``target.model()`` (adapted step size and diagonal mass);
 * ``ULA`` on the score, step ``0.1 tau^2``;
@@ -59,7 +59,7 @@ import pandas as pd
 from numpyro.infer import NUTS
 
 from numpyro_wjs import MALA, ULA, UnderdampedLangevin, WalkJump
-from numpyro_wjs.comparison import compare, evaluations_per_draw, run_samplers, walk_jump_sigma
+from numpyro_wjs.diagnostics.comparison import compare, evaluations_per_draw, run_samplers, walk_jump_sigma
 from numpyro_wjs.targets import GaussianMixture
 
 from _context import machine

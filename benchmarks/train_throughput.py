@@ -2,9 +2,9 @@
 
 Each configuration (U-Net channels, batch size) runs in a fresh Python process, so
 its compilation and peak memory are its own. The process builds a noise-conditional
-``UNet(1, channels)``, the AdamW optimizer of :func:`numpyro_wjs.train.train_denoiser`
+``UNet(1, channels)``, the AdamW optimizer of :func:`numpyro_wjs.nn.train.train_denoiser`
 (global-norm clipping at 1, warmup-cosine schedule, weight decay 1e-4) and the EMA
-copy, and calls :func:`numpyro_wjs.train.train_iteration` (batch drawn from the data
+copy, and calls :func:`numpyro_wjs.nn.train.train_iteration` (batch drawn from the data
 on the device, noise ``s`` log-uniform in ``[0.05, 1.2]``, one optimizer step, EMA
 update): the jitted step ``train_denoiser`` runs. The data are the MNIST training
 split (``load_mnist(split="train")``, 8,000 digits; uniform noise images when MNIST is
@@ -55,8 +55,8 @@ def measure(channels: tuple[int, ...], batch_size: int, seconds: float, min_step
     import optax
     from flax import nnx
 
-    from numpyro_wjs.denoisers import UNet
-    from numpyro_wjs.train import train_iteration
+    from numpyro_wjs.nn.denoisers import UNet
+    from numpyro_wjs.nn.train import train_iteration
 
     try:
         from numpyro_wjs.data import load_mnist

@@ -8,7 +8,7 @@ start at evenly spread points, as overdispersed initialisations would; during wa
 exploratory step sizes of the adaptation may throw a chain into a neighbouring mode, and
 after warmup each chain stays in the one mode it has settled in. The reader sees the
 traces over the mode bands, the number of mode switches
-(``numpyro_wjs.diagnostics.mode_hopping``), and the occupancy of each mode for MALA and NUTS
+(``numpyro_wjs.diagnostics.modes.mode_hopping``), and the occupancy of each mode for MALA and NUTS
 against the true weights and against exact independent draws: the samplers' occupancy is
 the fraction of chains that settled in each mode, not the weight of the mode.
 """
@@ -25,8 +25,8 @@ from _cli import parse_args, save_figure, save_results
 from numpyro.infer import MCMC, NUTS
 
 from numpyro_wjs import MALA, GaussianMixture
-from numpyro_wjs.diagnostics import mode_hopping
-from numpyro_wjs.plots import plot_trace
+from numpyro_wjs.diagnostics.modes import mode_hopping
+from numpyro_wjs.diagnostics.plots import plot_trace
 
 WEIGHTS = (0.6, 0.1, 0.3)
 MEANS = (-5.0, 0.0, 5.0)

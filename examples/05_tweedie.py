@@ -7,7 +7,7 @@ closed form (``GaussianMixture.denoiser``, ``GaussianMixture.smooth(sigma).score
 and no denoiser can have a mean squared error below the Bayes risk
 ``E||X - E[X|Y]||^2`` (``GaussianMixture.bayes_mse``).
 
-The script trains an MLP (``numpyro_wjs.train.train_denoiser``) on a 1-D mixture
+The script trains an MLP (``numpyro_wjs.nn.train.train_denoiser``) on a 1-D mixture
 and on a 2-D ring. The first figure draws the exact and learned denoisers over
 ``y`` with the identity line (where the denoiser crosses it the score is zero: the
 two modes of ``p_Y`` and the valley between them), the two scores, and the training
@@ -32,9 +32,9 @@ from _cli import parse_args, save_figure, save_results
 from flax import nnx
 
 from numpyro_wjs.data import mixture_samples
-from numpyro_wjs.denoisers import MLP
+from numpyro_wjs.nn.denoisers import MLP
 from numpyro_wjs.targets import GaussianMixture
-from numpyro_wjs.train import train_denoiser
+from numpyro_wjs.nn.train import train_denoiser
 
 SIGMA_1D = 1.0
 SIGMA_2D = 0.8

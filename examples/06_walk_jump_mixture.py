@@ -38,9 +38,9 @@ from numpyro.infer import MCMC
 from numpyro.infer.mcmc import MCMCKernel
 
 from numpyro_wjs import MALA, WalkJump
-from numpyro_wjs.comparison import walk_jump_sigma
-from numpyro_wjs.diagnostics import mode_hopping
-from numpyro_wjs.plots import plot_density_paths, plot_mode_occupancy
+from numpyro_wjs.diagnostics.comparison import walk_jump_sigma
+from numpyro_wjs.diagnostics.modes import mode_hopping
+from numpyro_wjs.diagnostics.plots import plot_density_paths, plot_mode_occupancy
 from numpyro_wjs.targets import GaussianMixture
 
 WEIGHTS = (3.0, 1.0, 2.0, 1.0, 2.0, 1.0)

@@ -25,11 +25,11 @@ import numpy as np
 from _cli import load_mnist_digits, parse_args, save_figure, save_results
 from numpyro.infer import MCMC
 
-from numpyro_wjs import plots
-from numpyro_wjs.diagnostics import mode_hopping
-from numpyro_wjs.pretrained import EVAL_SIGMAS, MNIST_WALK_JUMP, load_pretrained
-from numpyro_wjs.train import denoising_errors
-from numpyro_wjs.walkjump import WalkJump
+from numpyro_wjs.diagnostics import plots
+from numpyro_wjs.diagnostics.modes import mode_hopping
+from numpyro_wjs.nn.pretrained import EVAL_SIGMAS, MNIST_WALK_JUMP, load_pretrained
+from numpyro_wjs.nn.train import denoising_errors
+from numpyro_wjs.infer.walkjump import WalkJump
 
 #: Noise levels shown in the denoising figure.
 GRID_SIGMAS = (0.25, 0.5, 1.0)
@@ -43,8 +43,8 @@ def train_small_denoiser(train_images: np.ndarray, heldout_images: np.ndarray, s
     """A noise-conditional U-Net trained for ``s`` log-uniform in ``[0.05, 1.2]``."""
     from flax import nnx
 
-    from numpyro_wjs.denoisers import UNet
-    from numpyro_wjs.train import train_denoiser
+    from numpyro_wjs.nn.denoisers import UNet
+    from numpyro_wjs.nn.train import train_denoiser
 
     net = UNet(1, (8, 16, 32), noise_conditional=True, rngs=nnx.Rngs(seed))
     result = train_denoiser(

@@ -29,10 +29,10 @@ import numpy as np
 from _cli import load_mnist_digits, parse_args, save_figure, save_results
 from numpyro.infer import MCMC
 
-from numpyro_wjs import plots
-from numpyro_wjs.diagnostics import classifier_scores, frechet_distance
-from numpyro_wjs.pretrained import MNIST_WALK_JUMP, load_pretrained
-from numpyro_wjs.walkjump import WalkJump
+from numpyro_wjs.diagnostics import plots
+from numpyro_wjs.diagnostics.modes import classifier_scores, frechet_distance
+from numpyro_wjs.nn.pretrained import MNIST_WALK_JUMP, load_pretrained
+from numpyro_wjs.infer.walkjump import WalkJump
 
 #: Langevin steps per extra measurement of a sequential jump, and walk steps per draw:
 #: one jump per walk step when jumps are free (M = 1, joint mode), else those of the

@@ -2,10 +2,10 @@
 
 import sys as _sys
 
-from . import langevin
-from .kernels import MALA, ULA, UnderdampedLangevin
-from .targets import Gaussian, GaussianMixture
-from .walkjump import WalkJump
+from numpyro_wjs.core import langevin
+from numpyro_wjs.infer.langevin import MALA, ULA, UnderdampedLangevin
+from numpyro_wjs.targets import Gaussian, GaussianMixture
+from numpyro_wjs.infer.walkjump import WalkJump
 
 __version__ = "0.1.0"
 

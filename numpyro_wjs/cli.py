@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from .targets import GaussianMixture
+    from numpyro_wjs.targets import GaussianMixture
 
 __all__ = ["build_parser", "demo_target", "main"]
 
-from .pretrained import MNIST_DENOISER_DIR, MNIST_WALK_JUMP, PRETRAINED_DIR  # noqa: F401 - part of the CLI's API
+from numpyro_wjs.nn.pretrained import MNIST_DENOISER_DIR, MNIST_WALK_JUMP, PRETRAINED_DIR  # noqa: F401 - part of the CLI's API
 
 #: Weights ``pi_k`` of the demo target ``p(x) = sum_k pi_k N(x; mu_k, 0.5^2 I)`` on ``R^2``.
 DEMO_WEIGHTS = (0.35, 0.25, 0.2, 0.12, 0.08)
@@ -187,7 +187,7 @@ def demo_target() -> GaussianMixture:
     GaussianMixture
         ``sum_k pi_k N(mu_k, 0.5^2 I)`` with ``DEMO_WEIGHTS`` and ``DEMO_MEANS``.
     """
-    from .targets import GaussianMixture
+    from numpyro_wjs.targets import GaussianMixture
 
     return GaussianMixture(np.array(DEMO_WEIGHTS), np.array(DEMO_MEANS), DEMO_SCALE)
 
@@ -219,8 +219,8 @@ def _demo_mixture(args: argparse.Namespace, out: Path) -> int:
     matplotlib.use("Agg")
     import pandas as pd
 
-    from . import plots
-    from .comparison import default_samplers, run_samplers, summarize, walk_jump_sigma
+    from numpyro_wjs.diagnostics import plots
+    from numpyro_wjs.diagnostics.comparison import default_samplers, run_samplers, summarize, walk_jump_sigma
 
     s = _settings(args, _GM_DEFAULTS, _GM_QUICK)
     target = demo_target()
@@ -344,11 +344,11 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
     matplotlib.use("Agg")
     from numpyro.infer import MCMC
 
-    from . import plots
-    from .classifier import load_pretrained_classifier
-    from .diagnostics import mode_hopping
-    from .train import load_denoiser
-    from .walkjump import WalkJump
+    from numpyro_wjs.diagnostics import plots
+    from numpyro_wjs.nn.classifier import load_pretrained_classifier
+    from numpyro_wjs.diagnostics.modes import mode_hopping
+    from numpyro_wjs.nn.train import load_denoiser
+    from numpyro_wjs.infer.walkjump import WalkJump
 
     s = _settings(args, _MNIST_DEFAULTS, _MNIST_QUICK)
     print(f"Loading the pretrained denoiser from {MNIST_DENOISER_DIR} ...", flush=True)
@@ -449,12 +449,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.download and not (args.data == "mnist" or args.pretrained_mnist or args.pretrained_classifier):
         raise UsageError(f"--download fetches MNIST; --data {args.data} needs no download.")
     if args.pretrained_mnist or args.pretrained_classifier:
-        from .classifier import PRETRAINED_CLASSIFIER_DIR, train_pretrained_classifier
-        from .data import download_mnist
+        from numpyro_wjs.nn.classifier import PRETRAINED_CLASSIFIER_DIR, train_pretrained_classifier
+        from numpyro_wjs.data import download_mnist
 
         if args.download:
             download_mnist(args.data_path)
-        from .pretrained import train_pretrained_denoiser
+        from numpyro_wjs.nn.pretrained import train_pretrained_denoiser
 
         default = PRETRAINED_CLASSIFIER_DIR if args.pretrained_classifier else MNIST_DENOISER_DIR
         out = Path(args.out) if args.out else default
@@ -472,7 +472,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from flax import nnx
 
-    from .train import check_outside_package, train_denoiser
+    from numpyro_wjs.nn.train import check_outside_package, train_denoiser
 
     sigma = _train_sigma(args)
     images = args.data != "mixture"
@@ -490,11 +490,11 @@ def _train(args: argparse.Namespace) -> int:
     conditional = isinstance(sigma, tuple)
     rngs = nnx.Rngs(args.seed)
     if images:
-        from .denoisers import UNet
+        from numpyro_wjs.nn.denoisers import UNet
 
         net = UNet(data.shape[-1], tuple(args.channels or (16, 32)), noise_conditional=conditional, rngs=rngs)
     else:
-        from .denoisers import MLP
+        from numpyro_wjs.nn.denoisers import MLP
 
         net = MLP(data.shape[-1], tuple(args.hidden or (256, 256)), noise_conditional=conditional, rngs=rngs)
     out = _output_dir(args.out or "wjs-denoiser")
@@ -507,7 +507,7 @@ def _train(args: argparse.Namespace) -> int:
         last = np.atleast_1d(np.asarray(result.eval_mse)[-1])
         sigmas = np.atleast_1d(np.asarray(result.eval_sigmas))
         print("held-out MSE per example: " + ", ".join(f"{v:.4f} at s={s:g}" for s, v in zip(sigmas, last)))
-    print(f"checkpoint in {out}; load it with numpyro_wjs.train.load_denoiser({str(out)!r})")
+    print(f"checkpoint in {out}; load it with numpyro_wjs.nn.train.load_denoiser({str(out)!r})")
     return 0
 
 
@@ -526,7 +526,7 @@ def _train_sigma(args: argparse.Namespace) -> float | tuple[float, float]:
 
 def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) arrays for ``train --data``."""
-    from . import data
+    from numpyro_wjs import data
 
     if args.data == "mnist":
         train = data.load_mnist(args.data_path, split="train", download=args.download)[0]
@@ -536,7 +536,7 @@ def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
         return images[:1500], images[1500:]
     import jax
 
-    from .targets import GaussianMixture
+    from numpyro_wjs.targets import GaussianMixture
 
     target = GaussianMixture.ring(8, 4.0, 0.5)
     return (data.mixture_samples(target, jax.random.key(args.seed), 50_000),

@@ -1,4 +1,4 @@
-"""Tests of numpyro_wjs.classifier and numpyro_wjs.checkpoints."""
+"""Tests of numpyro_wjs.nn.classifier and numpyro_wjs.nn.checkpoints."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from mnist_data import SHARED_MNIST, needs_mnist, skip_without_mnist
 from flax import nnx
 
-from numpyro_wjs.checkpoints import CheckpointError, read_metadata, write_metadata
-from numpyro_wjs.classifier import (
+from numpyro_wjs.nn.checkpoints import CheckpointError, read_metadata, write_metadata
+from numpyro_wjs.nn.classifier import (
     PRETRAINED_CLASSIFIER_DIR,
     DigitClassifier,
     accuracy,

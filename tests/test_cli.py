@@ -122,7 +122,7 @@ def test_parser_lists_commands():
 
 
 def test_train_command_writes_a_loadable_checkpoint(tmp_path, capsys):
-    from numpyro_wjs.train import load_denoiser
+    from numpyro_wjs.nn.train import load_denoiser
 
     out = tmp_path / "den"
     assert cli.main(["train", "--data", "mixture", "--sigma", "1.0", "--steps", "20", "--hidden", "16",
@@ -156,8 +156,8 @@ def run_cli(*args, **kwargs):
 def test_train_never_shadows_a_saved_model(tmp_path):
     """End to end: training into a folder with a saved model refuses; with --overwrite
     the folder afterwards loads the new model, never the stale one."""
-    from numpyro_wjs.denoisers import MLP
-    from numpyro_wjs.train import load_denoiser, save_checkpoint
+    from numpyro_wjs.nn.denoisers import MLP
+    from numpyro_wjs.nn.train import load_denoiser, save_checkpoint
 
     out = tmp_path / "out"
     save_checkpoint(out, MLP(2, (8,), sigma=0.2, rngs=nnx.Rngs(0)))
@@ -189,7 +189,7 @@ def test_train_interrupted_during_saves_prints_one_line(tmp_path):
 
 
 def test_train_refuses_the_package_and_conflicting_flags(capsys):
-    from numpyro_wjs.pretrained import MNIST_DENOISER_DIR
+    from numpyro_wjs.nn.pretrained import MNIST_DENOISER_DIR
 
     before = sorted(p.name for p in MNIST_DENOISER_DIR.iterdir())
     cases = {
@@ -227,7 +227,7 @@ def test_train_failures_are_one_line_exit_1(tmp_path, capsys):
 
 
 def test_train_continues_a_finished_run_and_warns_in_one_line(tmp_path, capsys):
-    from numpyro_wjs.train import checkpoint_metadata
+    from numpyro_wjs.nn.train import checkpoint_metadata
 
     out = tmp_path / "run"
     assert cli.main([*TINY, "--out", str(out)]) == 0

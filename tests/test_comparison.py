@@ -1,4 +1,4 @@
-"""Samplers at an equal evaluation budget (numpyro_wjs.comparison)."""
+"""Samplers at an equal evaluation budget (numpyro_wjs.diagnostics.comparison)."""
 
 import math
 
@@ -11,7 +11,7 @@ import pytest
 from numpyro.infer import NUTS, SA
 
 from numpyro_wjs import MALA, ULA, WalkJump
-from numpyro_wjs.comparison import (
+from numpyro_wjs.diagnostics.comparison import (
     compare,
     evaluations_per_draw,
     run_samplers,

@@ -1,4 +1,4 @@
-"""Tests for numpyro_wjs.denoisers: shapes, batching, EDM preconditioning, score.
+"""Tests for numpyro_wjs.nn.denoisers: shapes, batching, EDM preconditioning, score.
 
 Exact oracle: the output layer of every network starts at zero, so an untrained
 network is ``xhat(y) = c_skip(s) y = sd^2 / (s^2 + sd^2) y``, the Bayes denoiser of
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from numpyro_wjs.denoisers import MLP, UNet, edm_preconditioning
+from numpyro_wjs.nn.denoisers import MLP, UNet, edm_preconditioning
 
 
 def make(cls, *args, **kwargs):

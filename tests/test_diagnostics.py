@@ -1,4 +1,4 @@
-"""Tests for numpyro_wjs.diagnostics: hand-computed label sequences and oracles."""
+"""Tests for numpyro_wjs.diagnostics.modes: hand-computed label sequences and oracles."""
 
 import warnings
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from numpyro_wjs.diagnostics import attach, classifier_scores, frechet_distance, mode_hopping
+from numpyro_wjs.diagnostics.modes import attach, classifier_scores, frechet_distance, mode_hopping
 from numpyro_wjs.targets import GaussianMixture
 
 

@@ -8,8 +8,8 @@ from mc import N_SE, mcse
 from numpyro.infer import MCMC
 
 from numpyro_wjs import GaussianMixture, WalkJump
-from numpyro_wjs.denoisers import MLP
-from numpyro_wjs.train import train_denoiser
+from numpyro_wjs.nn.denoisers import MLP
+from numpyro_wjs.nn.train import train_denoiser
 
 TARGET = GaussianMixture([0.2, 0.3, 0.5], [[-3.0, 0.0], [0.0, 3.0], [3.0, 0.0]], [0.6, 0.6, 0.6])
 SIGMA = 1.5

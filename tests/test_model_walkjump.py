@@ -9,7 +9,8 @@ import pytest
 from numpyro.infer import MCMC, NUTS
 
 from mc import assert_mean_close, assert_moments_close
-from numpyro_wjs import WalkJump, gibbs
+from numpyro_wjs import WalkJump
+from numpyro_wjs.infer import gibbs
 
 OBS_1D = np.array([2.9, 2.1])
 

@@ -1,4 +1,4 @@
-"""Figures of numpyro_wjs.plots on tiny synthetic data: they draw, save and decode."""
+"""Figures of numpyro_wjs.diagnostics.plots on tiny synthetic data: they draw, save and decode."""
 
 import matplotlib
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from numpyro_wjs import plots
+from numpyro_wjs.diagnostics import plots
 from numpyro_wjs.targets import GaussianMixture
 
 WEIGHTS = np.array([0.5, 0.3, 0.2])

@@ -8,9 +8,9 @@ import pytest
 from flax import nnx
 from mnist_data import SHARED_MNIST, needs_mnist
 
-from numpyro_wjs import pretrained
+from numpyro_wjs.nn import pretrained
 from numpyro_wjs.data import load_mnist
-from numpyro_wjs.train import denoising_errors
+from numpyro_wjs.nn.train import denoising_errors
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_shipped_denoiser_was_chosen_on_validation_digits_only():
 
 @needs_mnist
 def test_recipe_publishes_the_checkpoint_with_the_lowest_validation_error(tmp_path, monkeypatch):
-    from numpyro_wjs import data, train
+    from numpyro_wjs import data
+    from numpyro_wjs.nn import train
 
     # Make the validation error of step 10 the lowest, whatever the training did.
     real = train.denoising_errors

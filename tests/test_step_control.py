@@ -10,8 +10,8 @@ from numpyro.infer import MCMC
 
 from mc import assert_mean_close
 from numpyro_wjs import ULA, UnderdampedLangevin, WalkJump, langevin
-from numpyro_wjs.comparison import walk_jump_sigma
-from numpyro_wjs.diagnostics import mode_hopping
+from numpyro_wjs.diagnostics.comparison import walk_jump_sigma
+from numpyro_wjs.diagnostics.modes import mode_hopping
 from numpyro_wjs.targets import GaussianMixture
 
 

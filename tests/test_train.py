@@ -1,4 +1,4 @@
-"""Tests for numpyro_wjs.train: learning against the Bayes risk, determinism, resume,
+"""Tests for numpyro_wjs.nn.train: learning against the Bayes risk, determinism, resume,
 checkpoints, data parallelism and input validation.
 
 Oracle for learning: on a Gaussian mixture the exact posterior mean E[X | y] is known
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from numpyro_wjs import train as train_module
-from numpyro_wjs.denoisers import MLP, UNet
+from numpyro_wjs.nn import train as train_module
+from numpyro_wjs.nn.denoisers import MLP, UNet
 from numpyro_wjs.targets import GaussianMixture
-from numpyro_wjs.train import (
+from numpyro_wjs.nn.train import (
     CheckpointError,
     checkpoint_metadata,
     denoising_errors,
@@ -325,8 +325,8 @@ import sys
 import jax, numpy as np
 from flax import nnx
 assert jax.local_device_count() == 2, jax.local_devices()
-from numpyro_wjs.denoisers import MLP
-from numpyro_wjs.train import train_denoiser
+from numpyro_wjs.nn.denoisers import MLP
+from numpyro_wjs.nn.train import train_denoiser
 d = np.load(sys.argv[1])
 net = MLP(2, (16, 16), sigma_data={sigma_data}, rngs=nnx.Rngs(0))
 r = train_denoiser(net, d["x"], {sigma}, eval_data=d["x_eval"], steps={steps},
@@ -673,7 +673,7 @@ def test_damaged_latest_checkpoint_falls_back(checkpointed, straight, data, tmp_
 
 
 def test_classifier_checkpoint_names_its_loader():
-    from numpyro_wjs.classifier import PRETRAINED_CLASSIFIER_DIR
+    from numpyro_wjs.nn.classifier import PRETRAINED_CLASSIFIER_DIR
 
     with pytest.raises(CheckpointError, match="load_classifier"):
         load_denoiser(PRETRAINED_CLASSIFIER_DIR)

@@ -10,7 +10,8 @@ import pytest
 from numpyro.infer import MCMC
 
 from mc import N_SE, assert_mean_close, assert_moments_close, mcse
-from numpyro_wjs import WalkJump, walkjump
+from numpyro_wjs import WalkJump
+from numpyro_wjs.infer import walkjump
 from numpyro_wjs.targets import GaussianMixture
 
 GM1 = GaussianMixture([0.3, 0.7], [[-2.0], [2.0]], [0.5, 0.5])

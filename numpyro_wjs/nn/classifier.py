@@ -18,7 +18,7 @@ accepted too.
 
 Example
 -------
->>> from numpyro_wjs.classifier import load_pretrained_classifier
+>>> from numpyro_wjs.nn.classifier import load_pretrained_classifier
 >>> model, info = load_pretrained_classifier()  # doctest: +SKIP
 >>> model.predict(samples.reshape(-1, 784))  # doctest: +SKIP
 """
@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from numpyro_wjs.checkpoints import CheckpointError, read_metadata, write_metadata
+from numpyro_wjs.nn.checkpoints import CheckpointError, read_metadata, write_metadata
 from numpyro_wjs.data import as_array, load_mnist
 
 __all__ = [
@@ -626,7 +626,7 @@ def train_pretrained_classifier(
         "training_recipe": {
             **recipe,
             "optimizer": "adamw, cosine decay to 0.05 lr",
-            "function": "numpyro_wjs.classifier.train_pretrained_classifier",
+            "function": "numpyro_wjs.nn.classifier.train_pretrained_classifier",
         },
         "final_loss": float(np.mean(info.losses[-100:])),
         "training_seconds": round(time.perf_counter() - start, 1),

@@ -24,11 +24,11 @@ evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain:
 So the evaluations per chain of every run satisfy ``B - c < evaluations <= B``,
 with ``c`` the cost of one more draw (``e``, or for NUTS at most
 ``2^max_tree_depth - 1``). Mode statistics (theory.md, section 7) come from
-``numpyro_wjs.diagnostics.mode_hopping``; R-hat and ESS from ArviZ.
+``numpyro_wjs.diagnostics.modes.mode_hopping``; R-hat and ESS from ArviZ.
 
 Example
 -------
->>> from numpyro_wjs.comparison import compare
+>>> from numpyro_wjs.diagnostics.comparison import compare
 >>> from numpyro_wjs.targets import GaussianMixture
 >>> target = GaussianMixture([0.5, 0.5], [[-5.0], [5.0]], 0.5)
 >>> table = compare(target, budget=2000, num_chains=2, num_warmup=200)
@@ -56,10 +56,10 @@ from numpyro.infer import HMC, NUTS, BarkerMH
 from numpyro.infer.mcmc import MCMCKernel
 from tqdm.auto import tqdm
 
-from .diagnostics import mode_hopping
-from .kernels import MALA, ULA, UnderdampedLangevin
-from .targets import GaussianMixture
-from .walkjump import WalkJump
+from numpyro_wjs.diagnostics.modes import mode_hopping
+from numpyro_wjs.infer.langevin import MALA, ULA, UnderdampedLangevin
+from numpyro_wjs.targets import GaussianMixture
+from numpyro_wjs.infer.walkjump import WalkJump
 
 __all__ = [
     "Run",

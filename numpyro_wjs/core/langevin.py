@@ -3,7 +3,7 @@
 Each algorithm is an ``init`` function and a ``step`` function of
 ``(rng_key, state, <target>, <parameters>)``; none holds hidden state, so they run
 inside ``jax.lax.scan``, ``jax.vmap`` and ``jax.jit`` without NumPyro. The NumPyro
-kernels in ``numpyro_wjs.kernels`` are thin shells around these functions.
+kernels in ``numpyro_wjs.infer.langevin`` are thin shells around these functions.
 
 Positions are arrays of any shape when the metric is ``None`` (identity) or a
 diagonal of the same shape; a dense metric needs flat ``(d,)`` positions.

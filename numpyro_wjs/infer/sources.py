@@ -10,7 +10,7 @@ A kernel is given exactly one of
 
 Positions may be any pytree; ``Source`` works on the flat vector
 (``jax.flatten_util.ravel_pytree``) that the step functions of
-``numpyro_wjs.langevin`` use.
+``numpyro_wjs.core.langevin`` use.
 """
 
 from __future__ import annotations

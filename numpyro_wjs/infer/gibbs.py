@@ -27,9 +27,9 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import dual_averaging, warmup_adapter
 from numpyro.util import is_prng_key
 
-from . import langevin as core
-from .kernels import as_float, split_keys
-from .sources import check_finite_start, init_model, make_source, postprocess
+from numpyro_wjs.core import langevin as core
+from numpyro_wjs.infer.langevin import as_float, split_keys
+from numpyro_wjs.infer.sources import check_finite_start, init_model, make_source, postprocess
 
 __all__ = ["GibbsPoint", "GibbsInfo", "noise_step", "denoise_step", "ModelWalkJumpState"]
 

@@ -34,11 +34,11 @@ from numpyro.infer.hmc_util import warmup_adapter
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import identity, is_prng_key
 
-from . import langevin as core
-from .gibbs import ModelWalkJumpMixin
-from .kernels import ClosureKernel, as_float
-from .kernels import check_positive as _positive
-from .sources import check_source
+from numpyro_wjs.core import langevin as core
+from numpyro_wjs.infer.gibbs import ModelWalkJumpMixin
+from numpyro_wjs.infer.langevin import ClosureKernel, as_float
+from numpyro_wjs.infer.langevin import check_positive as _positive
+from numpyro_wjs.infer.sources import check_source
 
 Array = jax.Array
 Denoiser = Callable[..., Array]
@@ -231,7 +231,7 @@ class WalkJump(ModelWalkJumpMixin, ClosureKernel):
     discarded and flagged in ``diverging``.
 
     **Without a denoiser** (``model=`` or ``potential_fn=``): Gibbs sampling on
-    ``(z, y)`` from ``numpyro_wjs.gibbs``: the walk ``y ~ N(z, sigma^2 I)``, the
+    ``(z, y)`` from ``numpyro_wjs.infer.gibbs``: the walk ``y ~ N(z, sigma^2 I)``, the
     jump a move that leaves ``p(z | y) ∝ p(z) N(y; z, sigma^2 I)`` invariant (a hop
     ``z' ~ N(y, sigma^2 I)`` accepted with ``min(1, p(z')/p(z))``, then
     ``num_mala_steps`` MALA steps). Its ``z`` draws target the exact posterior for

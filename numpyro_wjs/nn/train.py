@@ -59,9 +59,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from numpyro_wjs.checkpoints import CheckpointError, write_metadata
-from numpyro_wjs.checkpoints import read_metadata as _read_json
-from numpyro_wjs.denoisers import MLP, Denoiser, UNet, edm_preconditioning
+from numpyro_wjs.nn.checkpoints import CheckpointError, write_metadata
+from numpyro_wjs.nn.checkpoints import read_metadata as _read_json
+from numpyro_wjs.nn.denoisers import MLP, Denoiser, UNet, edm_preconditioning
 
 __all__ = [
     "CheckpointError",
@@ -85,7 +85,7 @@ ARCHITECTURES: dict[str, type[nnx.Module]] = {"MLP": MLP, "UNet": UNet}
 Filled by ``register_architecture``; a checkpoint only names its class, so loading one
 never imports or runs code chosen by the file.
 """
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _log = logging.getLogger(__name__)
 
 FORMAT = "numpyro_wjs.denoiser"
@@ -561,7 +561,7 @@ def train_denoiser(
     eval_data : array, optional
         Held-out clean samples; the EMA network's mean squared error on them (fixed
         noise from ``seed``) is recorded every ``eval_every`` steps and at the end, and
-        shown in the progress bar and the ``numpyro_wjs.train`` log.
+        shown in the progress bar and the ``numpyro_wjs.nn.train`` log.
     eval_every : int, optional
         Default ``max(1, steps // 10)``.
     eval_sigmas : sequence of float, optional
@@ -610,7 +610,7 @@ def train_denoiser(
     --------
     >>> import numpy as np
     >>> from flax import nnx
-    >>> from numpyro_wjs.denoisers import MLP
+    >>> from numpyro_wjs.nn.denoisers import MLP
     >>> x = np.random.default_rng(0).normal(size=(1000, 2)).astype("float32")
     >>> net = MLP(2, (32, 32), sigma_data=1.0, rngs=nnx.Rngs(0))
     >>> result = train_denoiser(net, x, 0.5, steps=100, progress_bar=False)
@@ -944,7 +944,7 @@ def _architecture_name(model: nnx.Module) -> str:
     if not found:
         raise TypeError(
             f"cannot checkpoint {type(model).__qualname__}: register it first with "
-            f"numpyro_wjs.train.register_architecture({type(model).__name__})"
+            f"numpyro_wjs.nn.train.register_architecture({type(model).__name__})"
         )
     return found[0]
 
@@ -1174,7 +1174,7 @@ def _checkpoint_metadata(path: Path) -> dict[str, Any]:
     if meta.get("format") == "numpyro_wjs.DigitClassifier":
         raise CheckpointError(
             f"{path} holds a digit classifier, not a denoiser: load it with "
-            "numpyro_wjs.classifier.load_classifier"
+            "numpyro_wjs.nn.classifier.load_classifier"
         )
     required = {
         "format": str,

@@ -17,7 +17,7 @@ them in scripts); close them with ``plt.close(fig)`` when making many.
 Example
 -------
 >>> import numpy as np
->>> from numpyro_wjs.plots import plot_mode_occupancy
+>>> from numpyro_wjs.diagnostics.plots import plot_mode_occupancy
 >>> labels = np.random.default_rng(0).integers(0, 3, size=(2, 100))
 >>> fig = plot_mode_occupancy(labels, 3, weights=[0.5, 0.3, 0.2])
 >>> fig.savefig("occupancy.png")  # doctest: +SKIP

@@ -55,7 +55,7 @@ def load_pretrained(name: str = "mnist"):
     scores) is in ``metadata.json`` beside the weights.
     """
     if name == "mnist":
-        from .train import load_denoiser
+        from numpyro_wjs.nn.train import load_denoiser
 
         if not MNIST_DENOISER_DIR.exists():
             raise FileNotFoundError(
@@ -64,7 +64,7 @@ def load_pretrained(name: str = "mnist"):
             )
         return load_denoiser(MNIST_DENOISER_DIR)
     if name == "mnist-classifier":
-        from .classifier import load_pretrained_classifier
+        from numpyro_wjs.nn.classifier import load_pretrained_classifier
 
         return load_pretrained_classifier()[0]
     raise ValueError(f"Unknown pretrained network {name!r}; choose 'mnist' or 'mnist-classifier'.")
@@ -101,9 +101,9 @@ def train_pretrained_denoiser(
     """
     from flax import nnx
 
-    from .data import MNIST_HELDOUT_START, load_mnist
-    from .denoisers import UNet
-    from .train import load_denoiser, save_checkpoint, train_denoiser
+    from numpyro_wjs.data import MNIST_HELDOUT_START, load_mnist
+    from numpyro_wjs.nn.denoisers import UNet
+    from numpyro_wjs.nn.train import load_denoiser, save_checkpoint, train_denoiser
 
     # t10k digits 0-7999: split="train" ends with them (after MNIST's 60,000 training
     # digits when those files are present too)
@@ -119,7 +119,7 @@ def train_pretrained_denoiser(
         "learning_rate": learning_rate,
         "ema_decay": ema_decay,
         "seed": seed,
-        "function": "numpyro_wjs.pretrained.train_pretrained_denoiser",
+        "function": "numpyro_wjs.nn.pretrained.train_pretrained_denoiser",
     }
     start = time.perf_counter()
     net = UNet(1, tuple(channels), noise_conditional=True, rngs=nnx.Rngs(seed))
@@ -175,7 +175,7 @@ def heldout_errors(model: Any, heldout: np.ndarray) -> dict[str, dict[str, float
     The noise of level ``i`` comes from ``jax.random.key(1000 + i)``, so every network
     is scored on the same noisy images.
     """
-    from .train import denoising_errors
+    from numpyro_wjs.nn.train import denoising_errors
 
     scores = {}
     for i, s in enumerate(EVAL_SIGMAS):

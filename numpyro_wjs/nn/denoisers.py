@@ -138,7 +138,7 @@ class Denoiser(nnx.Module):
     dimensions ``event_ndim`` and ``check_event_shape``; this class handles the
     preconditioning, batching (any number of leading axes, including none) and the
     score. Attributes ``sigma`` (training noise level of a fixed-sigma network, set
-    by ``numpyro_wjs.train.train_denoiser`` when left ``None``), ``sigma_data``
+    by ``numpyro_wjs.nn.train.train_denoiser`` when left ``None``), ``sigma_data``
     and ``noise_conditional`` are read by the trainer and the checkpoint code.
     """
 

@@ -1,7 +1,7 @@
 """Langevin kernels for ``numpyro.infer.MCMC``: ULA, MALA, UnderdampedLangevin.
 
-Thin shells around the pure steps of ``numpyro_wjs.langevin``: a kernel binds a
-score source (``numpyro_wjs.sources``), runs warmup adaptation with
+Thin shells around the pure steps of ``numpyro_wjs.core.langevin``: a kernel binds a
+score source (``numpyro_wjs.infer.sources``), runs warmup adaptation with
 ``numpyro.infer.hmc_util.warmup_adapter`` (dual averaging for the step size,
 windowed Welford estimates for the mass matrix), and calls the step.
 """
@@ -23,8 +23,8 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
-from . import langevin as core
-from .sources import (
+from numpyro_wjs.core import langevin as core
+from numpyro_wjs.infer.sources import (
     check_finite_start,
     check_score_output,
     check_source,
@@ -207,6 +207,11 @@ class _LangevinKernel(ClosureKernel):
     def default_fields(self):
         return ("z", "diverging")
 
+    @property
+    def evaluations_per_draw(self) -> int:
+        """Score (gradient) evaluations per MCMC draw: one."""
+        return 1
+
     def get_diagnostics_str(self, state):
         return f"step size {float(state.adapt_state.step_size):.2e}. acc. prob={float(state.mean_accept_prob):.2f}"
 
@@ -384,7 +389,7 @@ class ULA(_LangevinKernel):
     Parameters
     ----------
     model, potential_fn, score_fn
-        Exactly one score source (see ``numpyro_wjs.sources``).
+        Exactly one score source (see ``numpyro_wjs.infer.sources``).
     step_size : float
         Initial (or, without adaptation, fixed) ``h > 0``.
     adapt_step_size : bool
@@ -542,7 +547,7 @@ class UnderdampedLangevin(_LangevinKernel):
     dv = \nabla\log p(x)\,dt - \gamma v\,dt + \sqrt{2\gamma}\,M^{1/2} dW
     $$
 
-    integrated by ``numpyro_wjs.langevin.baoab_step`` (half kick, half drift,
+    integrated by ``numpyro_wjs.core.langevin.baoab_step`` (half kick, half drift,
     exact Ornstein-Uhlenbeck velocity refresh, half drift, half kick). The velocity
     persists across steps, so the chain moves ballistically over a distance of
     about ``1 / friction`` before it forgets its direction. Unadjusted (runs on a
