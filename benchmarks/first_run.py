@@ -9,7 +9,7 @@ Cases:
 
 * a 10-d normal model, ``mu ~ N(0, I)``, ``obs ~ N(mu, 1)`` on 5 points per
   coordinate, 4 vectorized chains, 500 warmup + 1,000 draws, with ``NUTS``,
-  ``MALA``, ``UnderdampedLangevin``, ``ULA`` and ``WalkJump(model=...)`` on their
+  ``MALA``, ``UnderdampedLangevin``, ``ULA`` and ``GibbsWalkJump(...)`` on their
   defaults;
 * MNIST: ``WalkJump`` with the shipped noise-conditional U-Net at ``sigma = 1``,
   8 vectorized chains from black images, 0 warmup + 100 draws (the default walk
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-MODEL_CASES = ("NUTS", "MALA", "UnderdampedLangevin", "ULA", "WalkJump(model)")
+MODEL_CASES = ("NUTS", "MALA", "UnderdampedLangevin", "ULA", "GibbsWalkJump")
 CASES = MODEL_CASES + ("WalkJump MNIST U-Net",)
 
 
@@ -42,7 +42,7 @@ def run_case(name: str) -> dict:
     import numpyro.distributions as dist
     from numpyro.infer import MCMC, NUTS
 
-    from numpyro_wjs import MALA, ULA, UnderdampedLangevin, WalkJump
+    from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin, WalkJump
     from _context import CompileCounter
 
     if name == "WalkJump MNIST U-Net":
@@ -61,7 +61,7 @@ def run_case(name: str) -> dict:
             numpyro.sample("obs", dist.Normal(mu, 1.0).to_event(1), obs=data)
 
         make = {"NUTS": NUTS, "MALA": MALA, "UnderdampedLangevin": UnderdampedLangevin, "ULA": ULA,
-                "WalkJump(model)": lambda m: WalkJump(model=m)}[name]
+                "GibbsWalkJump": lambda m: GibbsWalkJump(m)}[name]
         mcmc = MCMC(make(model), num_warmup=500, num_samples=1000, num_chains=4, chain_method="vectorized",
                     progress_bar=False)
         args, kwargs = (data,), {}

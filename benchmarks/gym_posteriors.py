@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_wjs import MALA, ULA, UnderdampedLangevin, WalkJump
+from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
 
 from _context import machine
 
@@ -45,7 +45,7 @@ KERNELS = {
     "MALA": MALA,
     "UnderdampedLangevin": lambda potential_fn: UnderdampedLangevin(potential_fn=potential_fn, adapt_mass_matrix=True),
     "ULA": lambda potential_fn: ULA(potential_fn=potential_fn, adapt_mass_matrix=True),
-    "WalkJump(potential_fn)": lambda potential_fn: WalkJump(potential_fn=potential_fn),
+    "WalkJump(potential_fn)": lambda potential_fn: GibbsWalkJump(potential_fn=potential_fn),
 }
 CHAINS, WARMUP, NUTS_DRAWS = 4, 1000, 2000
 

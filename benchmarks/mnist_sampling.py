@@ -54,7 +54,7 @@ from flax import nnx
 from numpyro.infer import MCMC
 
 from numpyro_wjs import langevin
-from numpyro_wjs.infer import walkjump
+from numpyro_wjs.core import walkjump
 from numpyro_wjs.nn.denoisers import UNet
 from numpyro_wjs.infer.walkjump import WalkJump, WalkState
 
@@ -164,7 +164,7 @@ def mcmc_runner(
 
     def run(mcmc: MCMC, key: jax.Array, x0: jax.Array):
         mcmc.run(key, init_params=x0[0] if chains == 1 else x0, extra_fields=extra_fields)
-        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True), mcmc.last_state
+        return mcmc.get_samples(group_by_chain=True)["x"], mcmc.get_extra_fields(group_by_chain=True), mcmc.last_state
 
     if jit:
         compiled = jax.jit(lambda key, x0: run(build(), key, x0)).lower(key, x0).compile()

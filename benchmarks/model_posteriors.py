@@ -1,4 +1,4 @@
-"""NUTS vs WalkJump(model=...) on multimodal posteriors, at the same gradient budget.
+"""NUTS vs GibbsWalkJump(...) on multimodal posteriors, at the same gradient budget.
 
 Three models whose posterior has modes of known mass (grid quadrature):
 
@@ -28,7 +28,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS
 
-from numpyro_wjs import WalkJump
+from numpyro_wjs import GibbsWalkJump
 
 OBS_SIGN = np.array([2.9, 2.1])
 DATA_LABEL = np.array([-2.6, -2.2, -2.9, 2.4, 2.8, 2.2, 2.6, 3.0, 2.3, 2.7])
@@ -146,7 +146,7 @@ def main():
         evals = float(np.sum(mcmc.get_extra_fields()["num_steps"]))
         rows.append(_row("NUTS", ind, evals, exact[model_name], wall))
 
-        kernel = WalkJump(model=model)
+        kernel = GibbsWalkJump(model)
         per_draw = 1 + 5
         n_wj = args.budget // per_draw
         mcmc, ind, wall = _run(kernel, model_name, args.warmup, n_wj, args.chains, args.seed,

@@ -79,7 +79,8 @@ def run(
     if num_chains == 1:
         init = init[0]
     mcmc.run(key, init_params=init, extra_fields=extra_fields)
-    x = np.asarray(mcmc.get_samples(group_by_chain=True), np.float64)
+    (x,) = jax.tree.leaves(mcmc.get_samples(group_by_chain=True))  # WalkJump's site "x", MALA's array
+    x = np.asarray(x, np.float64)
     extras = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
     return x, extras
 

@@ -66,7 +66,7 @@ def run_walk_jump(kernel: WalkJump, key: jax.Array, x0: jax.Array, warmup: int, 
                     chain_method="vectorized", progress_bar=False)
         mcmc.run(key, init_params=x0 if x0.shape[0] > 1 else x0[0], extra_fields=("y",))
         walk = mcmc.get_extra_fields(group_by_chain=True)["y"]
-        return mcmc.get_samples(group_by_chain=True), walk, mcmc.last_state.adapt_state.step_size
+        return mcmc.get_samples(group_by_chain=True)["x"], walk, mcmc.last_state.adapt_state.step_size
 
     jumps, walk, step_size = jax.jit(run)(key, x0)
     return np.asarray(jumps), np.asarray(walk), float(np.mean(step_size))

@@ -60,7 +60,7 @@ def run_walk_jump(kernel: WalkJump, key: jax.Array, x0: jax.Array, warmup: int, 
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=x0.shape[0],
                     chain_method="vectorized", progress_bar=False)
         mcmc.run(key, init_params=x0 if x0.shape[0] > 1 else x0[0])
-        return mcmc.get_samples(group_by_chain=True)
+        return mcmc.get_samples(group_by_chain=True)["x"]
 
     return np.asarray(jax.jit(run)(key, x0))
 

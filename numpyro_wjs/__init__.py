@@ -1,15 +1,34 @@
-"""numpyro_wjs: Langevin MCMC and walk-jump sampling for NumPyro."""
+"""numpyro_wjs: Langevin MCMC and walk-jump sampling for NumPyro.
+
+Layers (docs/architecture.md): ``core`` (pure JAX steps), ``infer`` (NumPyro kernels),
+``nn`` (denoisers, training, checkpoints, pretrained networks), ``diagnostics``.
+The kernels, the exact targets and the pure steps are re-exported here.
+"""
 
 import sys as _sys
 
-from numpyro_wjs.core import langevin
+from numpyro_wjs.core import gibbs, langevin, metropolis, walkjump
+from numpyro_wjs.infer.gibbs import GibbsWalkJump
 from numpyro_wjs.infer.langevin import MALA, ULA, UnderdampedLangevin
-from numpyro_wjs.targets import Gaussian, GaussianMixture
 from numpyro_wjs.infer.walkjump import WalkJump
+from numpyro_wjs.targets import Gaussian, GaussianMixture
 
 __version__ = "0.1.0"
 
-__all__ = ["langevin", "ULA", "MALA", "UnderdampedLangevin", "WalkJump", "GaussianMixture", "Gaussian", "__version__"]
+__all__ = [
+    "ULA",
+    "MALA",
+    "UnderdampedLangevin",
+    "WalkJump",
+    "GibbsWalkJump",
+    "GaussianMixture",
+    "Gaussian",
+    "langevin",
+    "metropolis",
+    "walkjump",
+    "gibbs",
+    "__version__",
+]
 
 
 def _link_numpyro_submodules() -> None:

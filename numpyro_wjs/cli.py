@@ -379,7 +379,7 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
     )
     start = time.perf_counter()
     mcmc.run(jax.random.key(args.seed), init_params=x0, extra_fields=("y",))
-    jumps = np.asarray(mcmc.get_samples(group_by_chain=True))
+    jumps = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
     walk = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
     labels = np.stack([np.asarray(classifier.predict(jnp.asarray(c))) for c in jumps])
     stats = mode_hopping(labels, num_modes=10, weights=np.full(10, 0.1))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from numpyro.infer import NUTS, SA
 
-from numpyro_wjs import MALA, ULA, WalkJump
+from numpyro_wjs import MALA, ULA, GibbsWalkJump, WalkJump
 from numpyro_wjs.diagnostics.comparison import (
     compare,
     evaluations_per_draw,
@@ -121,7 +121,7 @@ def test_evaluation_cost_of_the_kernels():
     assert evaluations_per_draw(seq) == 2 + 3 * 11
     joint = WalkJump(lambda y, s: GM.denoiser(s)(y), 1.0, num_measurements=4, noise_conditional=True)
     assert evaluations_per_draw(joint) == 1
-    assert evaluations_per_draw(WalkJump(model=GM.model(), num_mala_steps=3)) == 1 + 3  # hop + MALA steps
+    assert evaluations_per_draw(GibbsWalkJump(GM.model(), num_mala_steps=3)) == 1 + 3  # hop + MALA steps
 
 
 def test_walk_jump_sigma_rule():

@@ -24,7 +24,7 @@ def test_learned_denoiser_walk_jump_occupancy():
     mcmc = MCMC(WalkJump(net, SIGMA), num_warmup=300, num_samples=3000, num_chains=chains,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.key(1), init_params=jnp.zeros((chains, 2)))
-    modes = np.asarray(TARGET.mode_of(mcmc.get_samples(group_by_chain=True)))
+    modes = np.asarray(TARGET.mode_of(mcmc.get_samples(group_by_chain=True)["x"]))
     # Exact draws Y = X + sigma N locate the two known errors of the occupancy: the exact
     # jump law's own offset from the weights (modes overlap a little at this sigma), and the
     # learned denoiser's misassigned jumps on the same Y. The chain adds Monte Carlo error

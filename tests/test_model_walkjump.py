@@ -9,8 +9,8 @@ import pytest
 from numpyro.infer import MCMC, NUTS
 
 from mc import assert_mean_close, assert_moments_close
-from numpyro_wjs import WalkJump
-from numpyro_wjs.infer import gibbs
+from numpyro_wjs import GibbsWalkJump, WalkJump
+from numpyro_wjs.core import gibbs
 
 OBS_1D = np.array([2.9, 2.1])
 
@@ -59,7 +59,7 @@ def _run(kernel, num_chains=4, num_warmup=500, num_samples=3000, seed=0, **kw):
 
 def test_sign_ambiguity_mode_masses_and_moments_match_quadrature():
     g, w = _quadrature_1d()
-    mcmc = _run(WalkJump(model=sign_model))
+    mcmc = _run(GibbsWalkJump(sign_model))
     theta = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"])
     assert_mean_close((theta > 0).astype(float), w[g > 0].sum(), what="P(theta > 0)")
     assert_mean_close(theta, (w * g).sum(), what="E[theta]")
@@ -70,7 +70,7 @@ def test_sign_ambiguity_mode_masses_and_moments_match_quadrature():
 def test_label_switching_mode_masses_match_quadrature_where_nuts_is_trapped():
     m1, m2, w = _quadrature_2d()
     exact = w[m1 < m2].sum()
-    mcmc = _run(WalkJump(model=label_switching_model), num_samples=3000)
+    mcmc = _run(GibbsWalkJump(label_switching_model), num_samples=3000)
     mu = np.asarray(mcmc.get_samples(group_by_chain=True)["mu"])
     assert_mean_close((mu[..., 0] < mu[..., 1]).astype(float), exact, what="P(mu1 < mu2)")
     assert_mean_close(mu[..., 0], (w * m1).sum(), what="E[mu1]")
@@ -89,7 +89,7 @@ def test_unimodal_constrained_model_agrees_with_the_exact_answer_and_nuts():
         rate = numpyro.sample("rate", dist.Gamma(3.0, 2.0))
         numpyro.deterministic("twice", 2 * rate)
 
-    mcmc = _run(WalkJump(model=model, sigma=0.5))
+    mcmc = _run(GibbsWalkJump(model, sigma=0.5))
     s = mcmc.get_samples(group_by_chain=True)
     rate = np.asarray(s["rate"])
     assert rate.min() > 0
@@ -105,7 +105,7 @@ def test_unimodal_constrained_model_agrees_with_the_exact_answer_and_nuts():
 def test_potential_fn_with_a_sigma_range():
     cov = np.array([[1.0, 0.6], [0.6, 2.0]])
     prec = jnp.asarray(np.linalg.inv(cov))
-    kernel = WalkJump(potential_fn=lambda z: 0.5 * z @ prec @ z, sigma=(0.3, 3.0))
+    kernel = GibbsWalkJump(potential_fn=lambda z: 0.5 * z @ prec @ z, sigma=(0.3, 3.0))
     mcmc = _run(kernel, init_params=jnp.zeros((4, 2)))
     assert_moments_close(np.asarray(mcmc.get_samples(group_by_chain=True)), [0.0, 0.0], cov)
     sig = np.asarray(mcmc.get_extra_fields()["sigma_base"])
@@ -170,7 +170,7 @@ def test_sigma_adaptation_reaches_the_target_hop_acceptance():
     cov = np.array([[1.0, 0.6], [0.6, 2.0]])
     prec = jnp.asarray(np.linalg.inv(cov))
     for sigma0 in (0.2, 3.0):
-        kernel = WalkJump(potential_fn=lambda z: 0.5 * z @ prec @ z, sigma=sigma0, adapt_sigma=True,
+        kernel = GibbsWalkJump(potential_fn=lambda z: 0.5 * z @ prec @ z, sigma=sigma0, adapt_sigma=True,
                           target_hop_accept_prob=0.3)
         mcmc = _run(kernel, num_samples=1000, init_params=jnp.zeros((4, 2)))
         hop = np.asarray(mcmc.get_extra_fields()["hop_accept_prob"])
@@ -179,17 +179,24 @@ def test_sigma_adaptation_reaches_the_target_hop_acceptance():
 
 
 def test_bad_model_walkjump_arguments():
-    with pytest.raises(ValueError, match="not both"):
+    # one class per algorithm: the other algorithm's arguments are refused
+    with pytest.raises(TypeError, match="model"):
         WalkJump(lambda y: y, 1.0, model=sign_model)
+    with pytest.raises(TypeError, match="num_mala_steps"):
+        WalkJump(lambda y: y, 1.0, num_mala_steps=3)
+    with pytest.raises(TypeError, match="jump_every"):
+        GibbsWalkJump(sign_model, jump_every=5)
+    with pytest.raises(TypeError, match="num_measurements"):
+        GibbsWalkJump(sign_model, num_measurements=4, mode="sequential")
     with pytest.raises(ValueError, match="exactly one"):
-        WalkJump(model=sign_model, potential_fn=lambda z: z)
+        GibbsWalkJump(sign_model, potential_fn=lambda z: z)
     with pytest.raises(ValueError, match="sigma"):
-        WalkJump(model=sign_model, sigma=-1.0)
+        GibbsWalkJump(sign_model, sigma=-1.0)
     with pytest.raises(ValueError, match="lo <= hi"):
-        WalkJump(model=sign_model, sigma=(2.0, 1.0))
+        GibbsWalkJump(sign_model, sigma=(2.0, 1.0))
     with pytest.raises(ValueError, match="num_mala_steps"):
-        WalkJump(model=sign_model, num_mala_steps=0)
+        GibbsWalkJump(sign_model, num_mala_steps=0)
     with pytest.raises(ValueError, match="sigma"):
         WalkJump(lambda y: y)
     with pytest.raises(ValueError, match="init_params"):
-        _run(WalkJump(potential_fn=lambda z: jnp.sum(z**2)), num_chains=1)
+        _run(GibbsWalkJump(potential_fn=lambda z: jnp.sum(z**2)), num_chains=1)

@@ -41,14 +41,14 @@ from numpyro.infer.reparam import TransformReparam
 from numpyro.util import is_prng_key
 
 from mc import assert_mean_close, assert_within
-from numpyro_wjs import MALA, ULA, UnderdampedLangevin, WalkJump
+from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
 
 # kernel name -> (class, settings other than the default ones)
 KERNELS = {
     "ULA": (ULA, {"adapt_mass_matrix": True}),
     "MALA": (MALA, {}),
     "UnderdampedLangevin": (UnderdampedLangevin, {"adapt_mass_matrix": True}),
-    "WalkJump": (WalkJump, {}),  # WalkJump(model=...) / WalkJump(potential_fn=...): Gibbs walk-jump
+    "GibbsWalkJump": (GibbsWalkJump, {}),
 }
 KERNEL_NAMES = list(KERNELS)
 

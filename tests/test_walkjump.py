@@ -11,7 +11,7 @@ from numpyro.infer import MCMC
 
 from mc import N_SE, assert_mean_close, assert_moments_close, mcse
 from numpyro_wjs import WalkJump
-from numpyro_wjs.infer import walkjump
+from numpyro_wjs.core import walkjump
 from numpyro_wjs.targets import GaussianMixture
 
 GM1 = GaussianMixture([0.3, 0.7], [[-2.0], [2.0]], [0.5, 0.5])
@@ -66,7 +66,7 @@ def test_walk_matches_p_y_and_jumps_match_the_law_of_the_posterior_mean(underdam
     kernel = WalkJump(GM1.denoiser(sigma), sigma, step_size=step, underdamped=underdamped, adapt_step_size=False)
     mcmc = _run(kernel, jnp.zeros(1), num_samples=6000)
     ys = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
-    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
     y_direct, x_direct = _direct(GM1, sigma)
     for name, (chain_stat, direct_stat) in _paired(_statistics(ys, GM1), _statistics(y_direct, GM1)):
         _assert_same_mean(chain_stat, direct_stat, "walk " + name)
@@ -84,7 +84,7 @@ def test_2d_mixture_mode_occupancy_matches_the_weights_with_adaptation():
     sigma = 1.5
     mcmc = _run(WalkJump(GM2.denoiser(sigma), sigma, adapt_step_size=True), jnp.zeros(2), num_warmup=500,
                 num_samples=5000)
-    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
     modes = np.asarray(GM2.mode_of(jnp.asarray(xs)))
     _, x_direct = _direct(GM2, sigma)
     direct_modes = np.asarray(GM2.mode_of(jnp.asarray(x_direct)))
@@ -106,7 +106,7 @@ def test_many_measurement_jumps_match_the_posterior_mean_at_sigma_over_sqrt_m(mo
     kernel = WalkJump(conditional(GM2), sigma, num_measurements=m, noise_conditional=True, mode=mode,
                       num_inner_steps=40, step_size=0.4 * sigma, adapt_step_size=False)
     mcmc = _run(kernel, jnp.zeros(2), num_samples=3000)
-    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
     _, x_direct = _direct(GM2, sigma / math.sqrt(m))
     for name, (chain_stat, direct_stat) in _paired(_statistics(xs, GM2), _statistics(x_direct, GM2)):
         _assert_same_mean(chain_stat, direct_stat, f"{mode} jump " + name)
@@ -114,7 +114,7 @@ def test_many_measurement_jumps_match_the_posterior_mean_at_sigma_over_sqrt_m(mo
     assert y.shape == ((8 * 3000, m, 2) if mode == "joint" else (8 * 3000, 2))
     if mode == "joint":  # each jump is the posterior mean given ybar, at noise sigma / sqrt(M)
         expected = GM2.denoiser(sigma / math.sqrt(m))(jnp.mean(y, axis=1))
-        np.testing.assert_allclose(mcmc.get_samples(), expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(mcmc.get_samples()["x"], expected, rtol=1e-4, atol=1e-4)
 
 
 def _blur(x):
@@ -133,8 +133,8 @@ def test_sequential_jumps_are_sharper_than_single_measurement_jumps():
     single = _run(WalkJump(GM2.denoiser(sigma), sigma, **kw), jnp.zeros(2), num_samples=1000)
     seq = _run(WalkJump(conditional(GM2), sigma, num_measurements=m, noise_conditional=True, mode="sequential",
                         num_inner_steps=40, **kw), jnp.zeros(2), num_samples=1000)
-    b1 = _blur(single.get_samples(group_by_chain=True))
-    b8 = _blur(seq.get_samples(group_by_chain=True))
+    b1 = _blur(single.get_samples(group_by_chain=True)["x"])
+    b8 = _blur(seq.get_samples(group_by_chain=True)["x"])
     _assert_same_mean(b1, _blur(_direct(GM2, sigma)[1]), "M = 1 blur")
     _assert_same_mean(b8, _blur(_direct(GM2, sigma / math.sqrt(m))[1]), "M = 8 blur")
     se = math.hypot(mcse(b1), mcse(b8))
@@ -150,7 +150,7 @@ def test_jump_every_and_image_shaped_states():
     kernel = WalkJump(denoiser, sigma, jump_every=3, step_size=0.6 * sigma, adapt_step_size=False)
     mcmc = _run(kernel, jnp.zeros((6, 6, 1)), num_chains=4, num_samples=2000)
     ys = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
-    xs = np.asarray(mcmc.get_samples(group_by_chain=True))
+    xs = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
     assert xs.shape == (4, 2000, 6, 6, 1) and ys.shape == (4, 2000, 6, 6, 1)
     # pixels are independent chains of the same law: E[y^2] = 1 + sigma^2 and, for the
     # jump x = y / (1 + sigma^2), E[x^2] = 1 / (1 + sigma^2)
@@ -170,7 +170,7 @@ def test_init_noisy_and_single_chain_and_arviz():
     kernel = WalkJump(GM1.denoiser(1.0), 1.0, init_noisy=True)
     mcmc = MCMC(kernel, num_warmup=50, num_samples=100, progress_bar=False)
     mcmc.run(jax.random.key(0), init_params=jnp.array([5.0]), extra_fields=("y", "accept_prob"))
-    assert mcmc.get_samples().shape == (100, 1)
+    assert mcmc.get_samples()["x"].shape == (100, 1)
     dt = az.from_numpyro(mcmc)
     assert "y" in dt["sample_stats"] and "acceptance_rate" in dt["sample_stats"]
     assert "diverging" in dt["sample_stats"]
@@ -278,7 +278,7 @@ def test_non_finite_denoiser_during_the_walk_is_flagged_not_returned():
     sigma = 1.0
     den = lambda y: jnp.where(jnp.abs(y) > 2.5, jnp.nan, GM1.denoiser(sigma)(y))
     mcmc = _run(WalkJump(den, sigma, adapt_step_size=False), jnp.zeros(1), num_chains=2, num_warmup=0, num_samples=2000)
-    assert np.all(np.isfinite(np.asarray(mcmc.get_samples())))
+    assert np.all(np.isfinite(np.asarray(mcmc.get_samples()["x"])))
     assert np.all(np.isfinite(np.asarray(mcmc.get_extra_fields()["y"])))
     assert np.asarray(mcmc.get_extra_fields()["diverging"]).sum() > 0
 
@@ -313,3 +313,35 @@ def test_denoiser_with_wrong_shape_or_non_finite_output():
         _run(WalkJump(lambda y: y * jnp.nan, 1.0), jnp.zeros(3), num_chains=2)
     with pytest.raises(ValueError, match="init_params"):
         MCMC(WalkJump(GM1.denoiser(1.0), 1.0), num_warmup=1, num_samples=1).run(jax.random.key(0))
+
+
+# ----------------------------------------------------------------- self-describing denoisers
+def test_denoiser_module_gives_its_sigma_and_noise_conditioning():
+    from flax import nnx
+
+    from numpyro_wjs.nn.denoisers import MLP
+
+    fixed = MLP(1, (8,), sigma=0.8, rngs=nnx.Rngs(0))
+    kernel = WalkJump(fixed)  # sigma from the module
+    assert kernel._sigma == 0.8 and WalkJump(fixed, 0.8)._sigma == 0.8
+    with pytest.raises(ValueError, match="trained at sigma=0.8"):
+        WalkJump(fixed, 0.3)
+    with pytest.raises(ValueError, match="noise-conditional"):
+        WalkJump(fixed, 0.8, noise_conditional=True)
+
+    conditional = MLP(1, (8,), noise_conditional=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="required"):
+        WalkJump(conditional)
+    kernel = WalkJump(conditional, 0.5, num_measurements=2)  # called as net(y, s): no flag to repeat
+    mcmc = MCMC(kernel, num_warmup=5, num_samples=10, progress_bar=False)
+    mcmc.run(jax.random.key(0), init_params=jnp.zeros(1))
+    expected = conditional(mcmc.last_state.y.mean(0), 0.5 / np.sqrt(2))
+    np.testing.assert_allclose(mcmc.last_state.x, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_draws_are_the_site_x_in_numpyro_and_arviz():
+    mcmc = MCMC(WalkJump(GM1.denoiser(1.0), 1.0), num_warmup=10, num_samples=20, num_chains=2,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(0), init_params=jnp.zeros((2, 1)))
+    assert set(mcmc.get_samples()) == {"x"} and mcmc.get_samples()["x"].shape == (40, 1)
+    assert list(az.from_numpyro(mcmc).posterior.data_vars) == ["x"]

@@ -37,7 +37,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import random
-from numpyro.infer.hmc_util import _initialize_mass_matrix
+from jax.scipy.linalg import solve_triangular
+
+from numpyro_wjs.core.metropolis import (
+    MAX_LOG_ACCEPT_DROP,
+    MetropolisInfo,
+    accept_prob,
+    all_finite,
+    diverged,
+    metropolis_hastings,
+    trapezoid_dlogp,
+)
 
 Array = jax.Array
 ScoreFn = Callable[[Array], Array]
@@ -67,12 +77,6 @@ __all__ = [
     "normal_like",
 ]
 
-#: A step whose energy error (minus its log Metropolis-Hastings ratio, exact or
-#: estimated) exceeds ``MAX_LOG_ACCEPT_DROP``, or is non-finite, is divergent, as in
-#: NumPyro's HMC (``max_delta_energy``) and Stan.
-MAX_LOG_ACCEPT_DROP = 1000.0
-
-
 # --------------------------------------------------------------------------- metric
 class Metric(NamedTuple):
     """Preconditioner ``C = M^{-1}`` in the layout of ``numpyro.infer.hmc_util``."""
@@ -93,8 +97,12 @@ def metric(inverse_mass_matrix: Array) -> Metric:
             "inverse_mass_matrix must be a (d,) diagonal or a square (d, d) matrix, "
             f"got shape {c.shape}."
         )
-    dense = c.ndim == 2
-    return Metric(*_initialize_mass_matrix(jnp.zeros(c.shape[0], c.dtype), c, dense))
+    if c.ndim == 1:
+        sqrt_inv = jnp.sqrt(c)
+        return Metric(c, 1.0 / sqrt_inv, sqrt_inv)
+    # S^T upper triangular with C = S S^T (the layout of numpyro.infer.hmc_util)
+    sqrt_inv = jnp.swapaxes(jnp.linalg.cholesky(c[::-1, ::-1])[::-1, ::-1], -2, -1)
+    return Metric(c, solve_triangular(sqrt_inv, jnp.identity(c.shape[0], c.dtype), lower=True), sqrt_inv)
 
 
 def _dense(m: Metric) -> bool:
@@ -141,27 +149,6 @@ def _sq_norm_m(m: Metric | None, v: Array) -> Array:
 def normal_like(rng_key: Array, x: Array) -> Array:
     """``N(0, I)`` noise shaped like ``x``, drawn flat (image shapes compile slowly on CPU)."""
     return random.normal(rng_key, (jnp.size(x),), jnp.result_type(x)).reshape(jnp.shape(x))
-
-
-def all_finite(*xs: Array) -> Array:
-    """True when every entry of every array is finite."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
-
-
-def trapezoid_dlogp(x0: Array, g0: Array, x1: Array, g1: Array) -> Array:
-    """``log p(x1) - log p(x0)`` by the trapezoid rule on the score (exact for Gaussians)."""
-    return 0.5 * jnp.sum((g0 + g1) * (x1 - x0))
-
-
-def diverged(log_ratio: Array, *xs: Array) -> Array:
-    """A step is divergent when its values ``xs`` or its log ratio are non-finite, or its
-    energy error ``-log_ratio`` exceeds ``MAX_LOG_ACCEPT_DROP``."""
-    return ~(all_finite(log_ratio, *xs) & (log_ratio >= -MAX_LOG_ACCEPT_DROP))
-
-
-def accept_prob(log_ratio: Array) -> Array:
-    """``min(1, exp(log_ratio))``, 0 for a non-finite ratio."""
-    return jnp.minimum(1.0, jnp.exp(jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)))
 
 
 # --------------------------------------------------------------------------- ULA
@@ -211,15 +198,8 @@ class AdjustedLangevinState(NamedTuple):
     """``grad log p(x)``, the drift of the proposal."""
 
 
-class MALAInfo(NamedTuple):
-    """What happened during one MALA step."""
-
-    acceptance_rate: Array
-    """``min(1, exp(log_ratio))``: drives step-size adaptation."""
-    is_accepted: Array
-    """Whether the proposal was accepted."""
-    diverging: Array
-    """The proposal was non-finite or its log ratio below ``-MAX_LOG_ACCEPT_DROP``."""
+MALAInfo = MetropolisInfo
+"""What happened during one MALA step (``core.metropolis.MetropolisInfo``)."""
 
 
 def mala_init(position: Array, logdensity_fn: LogDensityFn) -> AdjustedLangevinState:
@@ -262,12 +242,8 @@ def mala_step(
     x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)
     logp_new, g_new = jax.value_and_grad(logdensity_fn)(x_new)
     log_ratio = langevin_log_ratio(x, g, x_new, g_new, logp_new - logp, step_size, metric)
-    diverging = diverged(log_ratio, logp_new, g_new)
-    prob = jnp.where(diverging, 0.0, accept_prob(log_ratio))
-    accepted = random.uniform(key_accept, dtype=jnp.result_type(prob)) < prob
     new = AdjustedLangevinState(x_new, logp_new, g_new)
-    state = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), new, state)
-    return state, MALAInfo(prob, accepted, diverging)
+    return metropolis_hastings(key_accept, log_ratio, new, state, logp_new, g_new)
 
 
 # --------------------------------------------------------------------------- underdamped

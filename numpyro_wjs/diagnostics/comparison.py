@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 from numpyro_wjs.diagnostics.modes import mode_hopping
 from numpyro_wjs.infer.langevin import MALA, ULA, UnderdampedLangevin
 from numpyro_wjs.targets import GaussianMixture
+from numpyro_wjs.infer.gibbs import GibbsWalkJump
 from numpyro_wjs.infer.walkjump import WalkJump
 
 __all__ = [
@@ -128,7 +129,7 @@ def evaluations_per_draw(kernel: MCMCKernel) -> int | None:
     """
     if isinstance(kernel, HMC):
         return None
-    if isinstance(kernel, WalkJump):
+    if isinstance(kernel, (WalkJump, GibbsWalkJump)):
         return kernel.evaluations_per_draw
     if isinstance(kernel, (ULA, MALA, UnderdampedLangevin, BarkerMH)):
         return 1
@@ -272,8 +273,10 @@ def _extra_fields(kernel: MCMCKernel) -> tuple[str, ...]:
     """State fields kept as sample stats, besides ``diverging``."""
     if isinstance(kernel, HMC):
         return ("num_steps", "accept_prob")
+    if isinstance(kernel, GibbsWalkJump):
+        return ("y", "accept_prob", "hop_accept_prob")
     if isinstance(kernel, WalkJump):
-        return ("y", "accept_prob", "hop_accept_prob") if kernel._from_model else ("y", "accept_prob")
+        return ("y", "accept_prob")
     if isinstance(kernel, (MALA, BarkerMH)):
         return ("accept_prob",)
     return ()

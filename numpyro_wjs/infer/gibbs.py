@@ -1,112 +1,35 @@
-"""Walk-jump for NumPyro models with no trained denoiser: Gibbs sampling on ``(z, y)``.
+"""``GibbsWalkJump``: walk-jump for NumPyro models and potentials, with no trained denoiser.
 
-For an unnormalised density ``p(z)`` and noise ``sigma``, the joint
-``p(z, y) = p(z) N(y; z, sigma^2 I)`` has ``z``-marginal ``p`` exactly. Alternating
-
-* NOISE (the walk): ``y ~ N(z, sigma^2 I)``;
-* DENOISE (the jump): ``z ~ p(z | y) ∝ p(z) N(y; z, sigma^2 I)``
-
-is a Gibbs sampler, so its ``z`` draws target ``p`` (Diffusive Gibbs sampling,
-Chen et al. 2024). ``p(z | y)`` keeps the model's barriers, so the denoise move
-starts from the noisy point: a proposal ``z' ~ N(y, sigma^2 I)`` accepted with
-probability ``min(1, p(z') / p(z))`` (the Metropolis-Hastings ratio on ``p(z | y)``
-for that proposal), followed by MALA steps on ``p(z | y)``. Both moves leave
-``p(z | y)`` invariant, so the whole sampler is exact for every ``sigma``; ``sigma``
-only sets how far a hop can go (``z' - z ~ N(0, 2 sigma^2 I)`` given ``z``).
+The kernel shell around the Gibbs moves of ``numpyro_wjs.core.gibbs`` (walk
+``y ~ N(z, sigma^2 I)``, jump by a move that leaves ``p(z | y)`` invariant).
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import random, vmap
+from jax import random
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import dual_averaging, warmup_adapter
-from numpyro.util import is_prng_key
+from numpyro.infer.initialization import init_to_uniform
 
-from numpyro_wjs.core import langevin as core
-from numpyro_wjs.infer.langevin import as_float, split_keys
-from numpyro_wjs.infer.sources import check_finite_start, init_model, make_source, postprocess
+from numpyro_wjs import validation
+from numpyro_wjs.core import gibbs
+from numpyro_wjs.infer.base import Kernel, metric_of
+from numpyro_wjs.infer.sources import check_finite_start
 
-__all__ = ["GibbsPoint", "GibbsInfo", "noise_step", "denoise_step", "ModelWalkJumpState"]
+__all__ = ["GibbsWalkJump", "GibbsWalkJumpState"]
 
-
-class GibbsPoint(NamedTuple):
-    """Position of the Gibbs chain with the model's ``log p`` and score there."""
-
-    z: jax.Array
-    """Clean point (flat, unconstrained)."""
-    logdensity: jax.Array
-    """``log p(z)`` up to a constant."""
-    score: jax.Array
-    """``grad log p(z)``."""
-
-
-class GibbsInfo(NamedTuple):
-    """What happened during one denoise move."""
-
-    hop_accept_prob: jax.Array
-    """Acceptance probability of the hop ``z' ~ N(y, sigma^2 I)``."""
-    mala_accept_prob: jax.Array
-    """Mean acceptance probability of the MALA refinement steps."""
-    diverging: jax.Array
-    """A MALA step was non-finite or far too unlikely."""
-
-
-def noise_step(rng_key, z, sigma):
-    """The walk: ``y ~ N(z, sigma^2 I)``."""
-    return z + sigma * core.normal_like(rng_key, z)
-
-
-def denoise_step(rng_key, point: GibbsPoint, y, logdensity_fn, sigma, step_size, num_mala_steps, metric=None):
-    """The jump: a move that leaves ``p(z | y) ∝ p(z) N(y; z, sigma^2 I)`` invariant.
-
-    Hop: ``z' ~ N(y, sigma^2 I)``, accepted with ``min(1, p(z') / p(z))``; then
-    ``num_mala_steps`` MALA steps on ``log p(z) - |y - z|^2 / (2 sigma^2)``.
-    """
-    key_prop, key_acc, key_mala = random.split(rng_key, 3)
-    z_prop = noise_step(key_prop, y, sigma)
-    logp_prop, score_prop = jax.value_and_grad(logdensity_fn)(z_prop)
-    log_ratio = jnp.where(jnp.isfinite(logp_prop) & core.all_finite(score_prop), logp_prop - point.logdensity, -jnp.inf)
-    hop_accept = jnp.minimum(1.0, jnp.exp(log_ratio))
-    accepted = random.uniform(key_acc, dtype=jnp.result_type(hop_accept)) < hop_accept
-    proposal = GibbsPoint(z_prop, logp_prop, score_prop)
-    point = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), proposal, point)
-
-    inv2s2 = 0.5 / sigma**2
-
-    def cond_logdensity(z):
-        return logdensity_fn(z) - inv2s2 * jnp.sum((y - z) ** 2)
-
-    def body(state, key):
-        state, info = core.mala_step(key, state, cond_logdensity, step_size, metric)
-        return state, (info.acceptance_rate, info.diverging)
-
-    c = core.AdjustedLangevinState(
-        point.z,
-        point.logdensity - inv2s2 * jnp.sum((y - point.z) ** 2),
-        point.score + (y - point.z) / sigma**2,
-    )
-    c, (accepts, divs) = jax.lax.scan(body, c, random.split(key_mala, num_mala_steps))
-    point = GibbsPoint(
-        c.position,
-        c.logdensity + inv2s2 * jnp.sum((y - c.position) ** 2),
-        c.score - (y - c.position) / sigma**2,
-    )
-    return point, GibbsInfo(hop_accept, jnp.mean(accepts), jnp.any(divs))
-
-
-ModelWalkJumpState = namedtuple(
-    "ModelWalkJumpState",
+GibbsWalkJumpState = namedtuple(
+    "GibbsWalkJumpState",
     [
         "i", "z", "y", "potential_energy", "score", "accept_prob", "hop_accept_prob", "mean_accept_prob",
         "mean_hop_accept_prob", "diverging", "sigma", "sigma_base", "sigma_state", "adapt_state", "rng_key",
     ],
 )
-"""State of the model-based ``WalkJump``.
+"""State of ``GibbsWalkJump``.
 
 - **i**: iteration. **z**: the clean draw (pytree, unconstrained). **y**: the noisy walk (flat).
 - **potential_energy**, **score**: ``-log p(z)`` and ``grad log p(z)`` (flat).
@@ -120,45 +43,116 @@ ModelWalkJumpState = namedtuple(
 - **rng_key**: random key.
 """
 
+#: With ``sigma=None`` the lower end of the noise range is adapted and ``sigma`` is drawn
+#: log-uniformly up to this many times it.
+DEFAULT_SIGMA_RATIO = 30.0
 
-class ModelWalkJumpMixin:
-    """Model/potential walk-jump; mixed into ``WalkJump``."""
 
-    def _setup_model(self, model, potential_fn, sigma, sigma_ratio, num_mala_steps, step_size, adapt_sigma,
-                     target_hop_accept_prob, adapt_step_size, adapt_mass_matrix, init_strategy):
-        self._model = model
-        self._potential_fn = potential_fn
-        self._sigma0 = sigma
-        self._sigma_ratio = sigma_ratio
-        self._num_mala_steps = num_mala_steps
-        self._inner_step_size = step_size
-        self._adapt_sigma = adapt_sigma
-        self._target_hop = target_hop_accept_prob
+class GibbsWalkJump(Kernel):
+    r"""Walk-jump on a NumPyro model or potential, without training: Gibbs sampling on ``(z, y)``.
+
+    The walk ``y ~ N(z, sigma^2 I)``; the jump a move that leaves
+    ``p(z | y) ∝ p(z) N(y; z, sigma^2 I)`` invariant: a hop ``z' ~ N(y, sigma^2 I)``
+    accepted with ``min(1, p(z')/p(z))``, then ``num_mala_steps`` MALA steps
+    (``numpyro_wjs.core.gibbs``). Its ``z`` draws target the exact posterior for
+    every ``sigma`` (in unconstrained space; constrained and deterministic sites come
+    back through ``postprocess_fn`` as with NUTS). ``sigma`` sets how far a hop can
+    reach: about half the distance between the modes (in unconstrained space) lets
+    the chain hop, while the hop acceptance falls like ``(mode width / sigma)^d``.
+    ``sigma`` may be a float, a range ``(lo, hi)`` (drawn log-uniformly at every
+    iteration, independently of the state, so still exact), or ``None``: warmup then
+    tunes ``lo`` by dual averaging so that hops at ``lo`` are accepted with
+    probability ``target_hop_accept_prob`` (the local scale of the posterior), and
+    sampling draws ``sigma`` in ``(lo, 30 lo)``. The MALA step size and mass matrix
+    are adapted with ``hmc_util`` as in ``MALA``. Watch ``hop_accept_prob`` (extra
+    field): near zero means ``sigma`` is too large for the model's dimension.
+
+    Parameters
+    ----------
+    model, potential_fn
+        Exactly one target (``potential_fn`` needs ``init_params``).
+    sigma : float, (float, float) or None
+        Noise level, a range drawn log-uniformly, or None (adapted range).
+    num_mala_steps : int
+        MALA refinement steps per jump (default 5).
+    step_size : float, optional
+        Initial MALA step size; default ``0.25 * sigma**2`` (lower end of the range).
+    adapt_step_size, adapt_mass_matrix : bool
+        Warmup adaptation of the MALA step (default True for both).
+    adapt_sigma : bool, optional
+        Adapt the lower end of the noise range (default: when ``sigma`` is None).
+    target_hop_accept_prob : float
+        Hop acceptance that sigma adaptation aims at (default 0.3).
+    init_strategy : callable
+        NumPyro init strategy for ``model``.
+
+    Example
+    -------
+    On a NumPyro model whose posterior has two modes:
+
+    >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
+    >>> from numpyro.infer import MCMC
+    >>> from numpyro_wjs import GibbsWalkJump
+    >>> def model():
+    ...     theta = numpyro.sample("theta", dist.Normal(0.5, 2.0))
+    ...     numpyro.sample("obs", dist.Normal(theta**2, 1.0), obs=jnp.array([2.9, 2.1]))
+    >>> mcmc = MCMC(GibbsWalkJump(model), num_warmup=500, num_samples=2000, progress_bar=False)
+    >>> mcmc.run(jax.random.key(0), extra_fields=("hop_accept_prob",))
+    >>> theta = mcmc.get_samples()["theta"]
+    >>> bool((theta > 0).any() and (theta < 0).any())  # the chain visits both modes
+    True
+    """
+
+    def __init__(
+        self,
+        model=None,
+        potential_fn=None,
+        *,
+        sigma: float | tuple[float, float] | None = None,
+        num_mala_steps: int = 5,
+        step_size: float | None = None,
+        adapt_step_size: bool = True,
+        adapt_mass_matrix: bool = True,
+        adapt_sigma: bool | None = None,
+        target_hop_accept_prob: float = 0.3,
+        init_strategy=init_to_uniform,
+    ):
+        self._set_source(model, potential_fn, None, init_strategy, needs_potential=True)
+        if sigma is None:
+            lo, hi = 1.0, DEFAULT_SIGMA_RATIO
+        elif isinstance(sigma, tuple | list):
+            lo, hi = validation.positive_range("sigma", sigma)
+        else:
+            lo = hi = validation.positive("sigma", sigma)
+        self._sigma0 = lo
+        self._sigma_ratio = hi / lo
+        self._num_mala_steps = validation.positive_int("num_mala_steps", num_mala_steps)
+        self._inner_step_size = None if step_size is None else validation.positive("step_size", step_size)
+        self._adapt_sigma = sigma is None if adapt_sigma is None else adapt_sigma
+        self._target_hop = validation.probability("target_hop_accept_prob", target_hop_accept_prob)
         self._adapt_step_size = adapt_step_size
         self._adapt_mass_matrix = adapt_mass_matrix
-        self._init_strategy = init_strategy
-        self._potential_fn_gen = None
-        self._postprocess_fn_gen = None
-        self._sample_fn = None
 
-    def _model_source(self, z, model_args, model_kwargs):
-        if self._model is not None:
-            return make_source(z, potential_fn=self._potential_fn_gen(*model_args, **(model_kwargs or {})))
-        return make_source(z, potential_fn=self._potential_fn)
+    # -- MCMCKernel interface ---------------------------------------------------------
+    @property
+    def sample_field(self):
+        return "z"
 
-    def _init_model(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
-        model_kwargs = {} if model_kwargs is None else model_kwargs
-        self._num_warmup = num_warmup
-        batched = not is_prng_key(rng_key)
-        rng_key, key_model = split_keys(rng_key, 2)
-        if self._model is not None:
-            init_params, self._potential_fn_gen, self._postprocess_fn_gen = init_model(
-                key_model, self._model, self._init_strategy, model_args, model_kwargs, init_params
-            )
-        elif init_params is None:
-            raise ValueError("WalkJump: `init_params` must be given with `potential_fn`.")
-        init_params = as_float(init_params)
-        example = jax.tree.map(lambda a: a[0], init_params) if batched else init_params
+    @property
+    def evaluations_per_draw(self) -> int:
+        """Gradient evaluations per draw: the hop and the MALA refinement steps."""
+        return 1 + self._num_mala_steps
+
+    def get_diagnostics_str(self, state):
+        return (
+            f"sigma {float(state.sigma):.2e}. hop acc. prob={float(state.mean_hop_accept_prob):.2f}. "
+            f"mala acc. prob={float(state.mean_accept_prob):.2f}"
+        )
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        rng_key, init_params, example = self._initial_params(
+            rng_key, num_warmup, init_params, model_args, model_kwargs
+        )
         dim = ravel_pytree(example)[0].shape[0]
         wa_init, self._wa_update = warmup_adapter(
             num_warmup,
@@ -171,51 +165,43 @@ class ModelWalkJumpMixin:
 
         def init_one(z, key):
             key, key_wa, key_y = random.split(key, 3)
-            source = self._model_source(z, model_args, model_kwargs)
+            source = self._source(z, model_args, model_kwargs)
             x = ravel_pytree(z)[0]
             logp, g = jax.value_and_grad(source.logdensity)(x)
             wa = wa_init((x,), key_wa, step0, mass_matrix_size=dim)._replace(rng_key=None)
             sigma = jnp.asarray(self._sigma0, x.dtype)
             zero = jnp.zeros((), x.dtype)
-            return ModelWalkJumpState(
-                jnp.array(0), z, noise_step(key_y, x, sigma), -logp, g, zero, zero, zero, zero,
+            return GibbsWalkJumpState(
+                jnp.array(0), z, gibbs.noise_step(key_y, x, sigma), -logp, g, zero, zero, zero, zero,
                 jnp.array(False), sigma, sigma, self._sigma_init(jnp.log(sigma)), wa, key,
             )
 
-        if batched:
-            state = jax.jit(vmap(init_one))(init_params, rng_key)
-            self._sample_fn = vmap(self._sample_model, in_axes=(0, None, None))
-        else:
-            state = jax.jit(init_one)(init_params, rng_key)
-            self._sample_fn = self._sample_model
-        check_finite_start("WalkJump", state.score, state.potential_energy)
+        state = self._start(init_one, init_params, rng_key)
+        check_finite_start(type(self).__name__, state.score, state.potential_energy)
         return state
 
-    def _sample_model(self, state, model_args, model_kwargs):
-        source = self._model_source(state.z, model_args, model_kwargs)
+    def _step(self, state, model_args, model_kwargs, warmup):
+        source = self._source(state.z, model_args, model_kwargs)
         rng_key, key_sigma, key_noise, key_denoise = random.split(state.rng_key, 4)
         x = ravel_pytree(state.z)[0]
         i = state.i
-        warm = i < self._num_warmup
         # sigma ~ LogUniform(base, ratio * base), drawn independently of the state: a mixture
         # of exact Gibbs kernels is exact. While sigma is adapted (warmup) only the base is used.
         u = random.uniform(key_sigma, dtype=x.dtype)
-        if self._adapt_sigma:
-            u = jnp.where(warm, 0.0, u)
+        if self._adapt_sigma and warmup:
+            u = jnp.zeros_like(u)
         sigma = state.sigma_base * self._sigma_ratio**u
-        y = noise_step(key_noise, x, sigma)
+        y = gibbs.noise_step(key_noise, x, sigma)
         adapt = state.adapt_state
-        metric = core.Metric(adapt.inverse_mass_matrix, adapt.mass_matrix_sqrt, adapt.mass_matrix_sqrt_inv)
-        point = GibbsPoint(x, -state.potential_energy, state.score)
-        point, info = denoise_step(
-            key_denoise, point, y, source.logdensity, sigma, adapt.step_size, self._num_mala_steps, metric
+        point = gibbs.GibbsPoint(x, -state.potential_energy, state.score)
+        point, info = gibbs.denoise_step(
+            key_denoise, point, y, source.logdensity, sigma, adapt.step_size, self._num_mala_steps, metric_of(adapt)
         )
-        adapt = jax.lax.cond(
-            warm, lambda s: self._wa_update(i, info.mala_accept_prob, (point.z,), s), lambda s: s, adapt
-        )
-        sigma_base, sigma_state = self._adapt_noise(i, warm, info.hop_accept_prob, state.sigma_base, state.sigma_state)
-        n = jnp.where(warm, i + 1, i + 1 - self._num_warmup)
-        return ModelWalkJumpState(
+        adapt = self._adapt(i, info.mala_accept_prob, point.z, adapt, warmup)
+        sigma_base, sigma_state = state.sigma_base, state.sigma_state
+        if warmup and self._adapt_sigma:
+            sigma_base, sigma_state = self._adapt_noise(i, info.hop_accept_prob, sigma_base, sigma_state)
+        return GibbsWalkJumpState(
             i + 1,
             source.unravel(point.z),
             y,
@@ -223,8 +209,8 @@ class ModelWalkJumpMixin:
             point.score,
             info.mala_accept_prob,
             info.hop_accept_prob,
-            state.mean_accept_prob + (info.mala_accept_prob - state.mean_accept_prob) / n,
-            state.mean_hop_accept_prob + (info.hop_accept_prob - state.mean_hop_accept_prob) / n,
+            self._running_mean(state.mean_accept_prob, info.mala_accept_prob, i, warmup),
+            self._running_mean(state.mean_hop_accept_prob, info.hop_accept_prob, i, warmup),
             info.diverging,
             sigma,
             sigma_base,
@@ -233,18 +219,9 @@ class ModelWalkJumpMixin:
             rng_key,
         )
 
-    def _adapt_noise(self, i, warm, hop_accept, sigma, sigma_state):
-        """Dual averaging on ``log sigma`` towards ``target_hop_accept_prob`` during warmup."""
-        if not self._adapt_sigma:
-            return sigma, sigma_state
+    def _adapt_noise(self, i, hop_accept, sigma, sigma_state):
+        """Dual averaging on ``log sigma`` towards ``target_hop_accept_prob`` (a warmup step)."""
         # a larger sigma proposes farther hops, which are accepted less often
-        new_state = self._sigma_update(self._target_hop - hop_accept, sigma_state)
+        sigma_state = self._sigma_update(self._target_hop - hop_accept, sigma_state)
         last = i == self._num_warmup - 1
-        new_sigma = jnp.exp(jnp.where(last, new_state[1], new_state[0]))
-        sigma = jnp.where(warm, new_sigma, sigma).astype(sigma.dtype)
-        sigma_state = jax.tree.map(lambda a, b: jnp.where(warm, a, b), new_state, sigma_state)
-        return sigma, sigma_state
-
-    def _postprocess_model(self, args, kwargs):
-        return postprocess(self._postprocess_fn_gen, args, kwargs)
-
+        return jnp.exp(jnp.where(last, sigma_state[1], sigma_state[0])).astype(sigma.dtype), sigma_state

@@ -8,30 +8,20 @@ windowed Welford estimates for the mass matrix), and calls the step.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections import namedtuple
-from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import random, vmap
+from jax import random
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import warmup_adapter
 from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.mcmc import MCMCKernel
-from numpyro.util import is_prng_key
 
+from numpyro_wjs import validation
 from numpyro_wjs.core import langevin as core
-from numpyro_wjs.infer.sources import (
-    check_finite_start,
-    check_score_output,
-    check_source,
-    init_model,
-    make_source,
-    postprocess,
-)
+from numpyro_wjs.core import metropolis
+from numpyro_wjs.infer.base import Kernel, metric_of
+from numpyro_wjs.infer.sources import check_finite_start, check_score_output
 
 __all__ = ["ULA", "MALA", "UnderdampedLangevin", "ULAState", "MALAState", "UnderdampedLangevinState"]
 
@@ -67,91 +57,8 @@ UnderdampedLangevinState = namedtuple(
 """State of ``UnderdampedLangevin``: as ``ULAState``, plus **velocity**
 (flattened momentum, kept across steps)."""
 
-#: A warmup that ends with a step size below this fraction of the initial one warns.
-STEP_COLLAPSE_FRACTION = 1e-3
-
-
-def check_positive(name: str, value) -> float:
-    """``value`` as a float; ``TypeError``/``ValueError`` naming ``name`` unless positive and finite."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a positive number, got {value!r}.") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"`{name}` must be positive and finite, got {value!r}.")
-    return v
-
-
-def split_keys(rng_key, n):
-    """``random.split`` for a key or a batch of keys (vectorized chains)."""
-    if is_prng_key(rng_key):
-        return random.split(rng_key, n)
-    return jnp.swapaxes(vmap(lambda k: random.split(k, n))(rng_key), 0, 1)
-
-
-def _metric(adapt_state) -> core.Metric:
-    return core.Metric(
-        adapt_state.inverse_mass_matrix, adapt_state.mass_matrix_sqrt, adapt_state.mass_matrix_sqrt_inv
-    )
-
-
-def as_float(tree):
-    """``init_params`` with integer or boolean leaves cast to the default float type."""
-    def cast(a):
-        a = jnp.asarray(a)
-        return a if jnp.issubdtype(a.dtype, jnp.inexact) else a.astype(jnp.result_type(float))
-
-    return jax.tree.map(cast, tree)
-
-
-def _warn_step_collapse(kernel: str, step_size, initial: float) -> None:
-    step_size = np.asarray(step_size)
-    low = step_size < STEP_COLLAPSE_FRACTION * initial
-    if np.any(low):
-        warnings.warn(
-            f"{kernel}: warmup shrank the step size from {initial:.3g} to {float(step_size.min()):.3g} "
-            f"(below {STEP_COLLAPSE_FRACTION:g} of its start) in {int(low.sum())} of {low.size} chain(s): "
-            "the chain barely moves. Usually the score (or denoiser) is non-finite or huge near the "
-            "chain; check it there, rescale the target, or fix `step_size` with adapt_step_size=False.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-class ClosureKernel(MCMCKernel):
-    """An ``MCMCKernel`` whose ``init`` builds ``_sample_fn`` (vmapped for vectorized chains).
-
-    When the step size is adapted, the last warmup step checks it against its start
-    and warns when it collapsed (``STEP_COLLAPSE_FRACTION``).
-    """
-
-    _sample_fn = None
-    _adapt_step_size = False
-    _step_size = None  # the initial step size, when the kernel adapts one
-
-    def sample(self, state, model_args, model_kwargs):
-        new = self._sample_fn(state, model_args, model_kwargs)
-        if self._adapt_step_size and self._step_size is not None and self._num_warmup > 0:
-            i = new.i if jnp.ndim(new.i) == 0 else new.i[0]  # vectorized chains move in lockstep
-            jax.lax.cond(
-                i == self._num_warmup,
-                lambda s: jax.debug.callback(
-                    partial(_warn_step_collapse, type(self).__name__, initial=self._step_size), s
-                ),
-                lambda s: None,
-                new.adapt_state.step_size,
-            )
-        return new
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_wa_update"] = None  # closures over the model are rebuilt by init
-        state["_sample_fn"] = None
-        return state
-
-
-class _LangevinKernel(ClosureKernel):
-    """Shared machinery: score source, warmup adaptation, vectorized chains, divergence."""
+class _LangevinKernel(Kernel):
+    """Shared by the Langevin kernels: flat positions, the mass matrix, the warmup correction."""
 
     _needs_potential = False
 
@@ -169,11 +76,9 @@ class _LangevinKernel(ClosureKernel):
         target_accept_prob=0.574,
         init_strategy=init_to_uniform,
     ):
-        name = type(self).__name__
-        check_source(name, model, potential_fn, score_fn, needs_potential=self._needs_potential)
-        self._step_size = check_positive("step_size", step_size)
-        if not 0 < target_accept_prob < 1:
-            raise ValueError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob}.")
+        self._set_source(model, potential_fn, score_fn, init_strategy, needs_potential=self._needs_potential)
+        self._step_size = validation.positive("step_size", step_size)
+        validation.probability("target_accept_prob", target_accept_prob)
         if inverse_mass_matrix is not None:
             inverse_mass_matrix = jnp.asarray(inverse_mass_matrix)
             core.metric(inverse_mass_matrix)  # validates the shape
@@ -181,31 +86,16 @@ class _LangevinKernel(ClosureKernel):
             dense_mass = inverse_mass_matrix is not None and inverse_mass_matrix.ndim == 2
         if not isinstance(dense_mass, bool):
             raise TypeError("`dense_mass` must be True or False.")
-        self._model = model
-        self._potential_fn = potential_fn
-        self._score_fn = score_fn
         self._inverse_mass_matrix = inverse_mass_matrix
         self._adapt_step_size = adapt_step_size
         self._adapt_mass_matrix = adapt_mass_matrix
         self._dense_mass = dense_mass
         self._target_accept_prob = target_accept_prob
-        self._init_strategy = init_strategy
-        self._potential_fn_gen = None
-        self._postprocess_fn_gen = None
-        self._sample_fn = None
 
     # -- MCMCKernel interface ---------------------------------------------------
     @property
-    def model(self):
-        return self._model
-
-    @property
     def sample_field(self):
         return "z"
-
-    @property
-    def default_fields(self):
-        return ("z", "diverging")
 
     @property
     def evaluations_per_draw(self) -> int:
@@ -215,23 +105,11 @@ class _LangevinKernel(ClosureKernel):
     def get_diagnostics_str(self, state):
         return f"step size {float(state.adapt_state.step_size):.2e}. acc. prob={float(state.mean_accept_prob):.2f}"
 
-    def postprocess_fn(self, args, kwargs):
-        return postprocess(self._postprocess_fn_gen, args, kwargs)
-
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
         name = type(self).__name__
-        model_kwargs = {} if model_kwargs is None else model_kwargs
-        self._num_warmup = num_warmup
-        rng_key, key_model = split_keys(rng_key, 2)
-        if self._model is not None:
-            init_params, self._potential_fn_gen, self._postprocess_fn_gen = init_model(
-                key_model, self._model, self._init_strategy, model_args, model_kwargs, init_params
-            )
-        elif init_params is None:
-            raise ValueError(f"{name}: `init_params` must be given with `potential_fn` or `score_fn`.")
-        init_params = as_float(init_params)
-        batched = not is_prng_key(rng_key)
-        example_z = jax.tree.map(lambda a: a[0], init_params) if batched else init_params
+        rng_key, init_params, example_z = self._initial_params(
+            rng_key, num_warmup, init_params, model_args, model_kwargs
+        )
         if self._score_fn is not None:
             check_score_output(name, self._score_fn, example_z)
         dim = ravel_pytree(example_z)[0].shape[0]
@@ -263,45 +141,11 @@ class _LangevinKernel(ClosureKernel):
                           mean_accept_prob=zero, diverging=jnp.array(False), adapt_state=wa_state, rng_key=key)
             return self._init_state(fields, x, key_core)
 
-        if batched:
-            state = jax.jit(vmap(init_one))(init_params, rng_key)
-            self._sample_fn = self._vectorized_sample
-        else:
-            state = jax.jit(init_one)(init_params, rng_key)
-            self._sample_fn = self._sample_one
+        state = self._start(init_one, init_params, rng_key)
         check_finite_start(name, state.score, state.potential_energy)
         return state
 
     # -- shared pieces -----------------------------------------------------------
-    def _source(self, z, model_args, model_kwargs):
-        if self._model is not None:
-            potential_fn = self._potential_fn_gen(*model_args, **(model_kwargs or {}))
-            return make_source(z, potential_fn=potential_fn)
-        return make_source(z, self._potential_fn, self._score_fn)
-
-    def _vectorized_sample(self, state, model_args, model_kwargs):
-        """Vectorized chains move in lockstep: branch on the phase once, outside ``vmap``.
-
-        (Under ``vmap`` a ``lax.cond`` on the batched counter would run the adaptation
-        at every step, warmup or not.)
-        """
-        def run(warmup):
-            fn = lambda s, a, k: self._sample_one(s, a, k, warmup=warmup)  # noqa: E731
-            return lambda s: vmap(fn, in_axes=(0, None, None))(s, model_args, model_kwargs)
-
-        return jax.lax.cond(state.i[0] < self._num_warmup, run(True), run(False), state)
-
-    def _adapt(self, i, accept_prob, x, adapt_state, warmup=None):
-        """Warmup update of step size / mass matrix; ``warmup`` None means decide from ``i``."""
-        if warmup is None:
-            return jax.lax.cond(
-                i < self._num_warmup,
-                lambda s: self._wa_update(i, accept_prob, (x,), s),
-                lambda s: s,
-                adapt_state,
-            )
-        return self._wa_update(i, accept_prob, (x,), adapt_state) if warmup else adapt_state
-
     def _finish(self, state, source, new_fields, log_ratio, warmup):
         """Shared end of a step: divergence, adaptation, running mean, the new state.
 
@@ -312,23 +156,20 @@ class _LangevinKernel(ClosureKernel):
         probability, so that the chain stays in the typical set while the step size
         and mass matrix are tuned; after warmup the kernel is unadjusted.
         """
-        diverging = core.diverged(log_ratio, *new_fields.values())
-        prob = jnp.where(diverging, 0.0, core.accept_prob(log_ratio))
-        move = ~diverging
-        if warmup is not False:  # warmup applies the correction: the windows see exact draws
-            accepted = random.uniform(random.fold_in(state.rng_key, 1), dtype=prob.dtype) < prob
-            move = move & (accepted if warmup else accepted | (state.i >= self._num_warmup))
         old = {k: getattr(state, k) for k in new_fields}
         old["z"] = ravel_pytree(state.z)[0]
-        new = jax.tree.map(lambda a, b: jnp.where(move, a, b), new_fields, self._rejected(state, old, warmup))
-        return self._update(state, source, new, prob, diverging, warmup)
+        rejected = self._rejected(state, old, warmup)
+        key = random.fold_in(state.rng_key, 1)
+        corrected, info = metropolis.metropolis_hastings(key, log_ratio, new_fields, rejected, *new_fields.values())
+        # warmup applies the correction (the windows see exact draws); sampling only drops divergent steps
+        new = corrected if warmup else metropolis.select(info.diverging, rejected, new_fields)
+        return self._update(state, source, new, info.acceptance_rate, info.diverging, warmup)
 
     def _update(self, state, source, new, accept_prob, diverging, warmup):
         """Adapt, update the running acceptance mean, and build the next state from ``new``."""
         i = state.i
         adapt_state = self._adapt(i, accept_prob, new["z"], state.adapt_state, warmup)
-        n = jnp.where(i < self._num_warmup, i + 1, i + 1 - self._num_warmup)
-        mean_accept_prob = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / n
+        mean_accept_prob = self._running_mean(state.mean_accept_prob, accept_prob, i, warmup)
         rng_key = random.split(state.rng_key)[0]
         return state._replace(
             **{**new, "z": source.unravel(new["z"])}, i=i + 1, accept_prob=accept_prob,
@@ -352,10 +193,7 @@ class _LangevinKernel(ClosureKernel):
         source = self._source(state.z, model_args, model_kwargs)
         key = random.split(state.rng_key)[1]
         adapt_state = state.adapt_state
-        return source, key, ravel_pytree(state.z)[0], adapt_state.step_size, _metric(adapt_state)
-
-    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
-        raise NotImplementedError
+        return source, key, ravel_pytree(state.z)[0], adapt_state.step_size, metric_of(adapt_state)
 
     def _init_state(self, fields, x, key_core):
         raise NotImplementedError
@@ -448,7 +286,7 @@ class ULA(_LangevinKernel):
     def _init_state(self, fields, x, key_core):
         return ULAState(**fields)
 
-    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
+    def _step(self, state, model_args, model_kwargs, warmup):
         source, key, x, h, metric = self._step_inputs(state, model_args, model_kwargs)
         x_new, g_new = core.ula_step(key, core.LangevinState(x, state.score), source.score, h, metric)
         potential_energy, dlogp = self._dlogp(source, state, x_new, g_new)
@@ -531,7 +369,7 @@ class MALA(_LangevinKernel):
     def _init_state(self, fields, x, key_core):
         return MALAState(**fields)
 
-    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
+    def _step(self, state, model_args, model_kwargs, warmup):
         source, key, x, h, metric = self._step_inputs(state, model_args, model_kwargs)
         c = core.AdjustedLangevinState(x, -state.potential_energy, state.score)
         c, info = core.mala_step(key, c, source.logdensity, h, metric)
@@ -630,13 +468,13 @@ class UnderdampedLangevin(_LangevinKernel):
             target_accept_prob=target_accept_prob,
             init_strategy=init_strategy,
         )
-        self._friction = check_positive("friction", friction)
+        self._friction = validation.positive("friction", friction)
 
     def _init_state(self, fields, x, key_core):
-        velocity = core.draw_velocity(key_core, x, _metric(fields["adapt_state"]))
+        velocity = core.draw_velocity(key_core, x, metric_of(fields["adapt_state"]))
         return UnderdampedLangevinState(velocity=velocity, **fields)
 
-    def _sample_one(self, state, model_args, model_kwargs, warmup=None):
+    def _step(self, state, model_args, model_kwargs, warmup):
         source, key, x, h, metric = self._step_inputs(state, model_args, model_kwargs)
         old = core.UnderdampedState(x, state.velocity, state.score)
         new = core.baoab_step(key, old, source.score, h, self._friction, metric)
@@ -645,7 +483,7 @@ class UnderdampedLangevin(_LangevinKernel):
         fields = {"z": new.position, "velocity": new.velocity, "score": new.score,
                   "potential_energy": potential_energy}
         out = self._finish(state, source, fields, log_ratio, warmup)
-        if warmup is False or not self._adapt_mass_matrix:
+        if not (warmup and self._adapt_mass_matrix):
             return out
         # a new mass matrix M (end of an adaptation window): draw the velocity from N(0, M)
         changed = jnp.any(out.adapt_state.inverse_mass_matrix != state.adapt_state.inverse_mass_matrix)
@@ -654,15 +492,11 @@ class UnderdampedLangevin(_LangevinKernel):
 
     def _fresh_velocity(self, state, adapt_state):
         """``v ~ N(0, M)`` for the metric of ``adapt_state``."""
-        return core.draw_velocity(random.fold_in(state.rng_key, 2), state.velocity, _metric(adapt_state))
+        return core.draw_velocity(random.fold_in(state.rng_key, 2), state.velocity, metric_of(adapt_state))
 
     def _rejected(self, state, old, warmup):
         """A rejected warmup step draws a fresh velocity (the windows then see a chain that
         keeps moving); a step discarded after warmup reverses it (Horowitz 1991), so the
         chain retreats from where the step failed instead of trying it again."""
-        reverse = -state.velocity
-        if warmup is False:
-            return {**old, "velocity": reverse}
-        fresh = self._fresh_velocity(state, state.adapt_state)
-        velocity = fresh if warmup else jnp.where(state.i < self._num_warmup, fresh, reverse)
+        velocity = self._fresh_velocity(state, state.adapt_state) if warmup else -state.velocity
         return {**old, "velocity": velocity}
