@@ -148,6 +148,21 @@ class Denoiser(nnx.Module):
     score. Attributes ``sigma`` (training noise level of a fixed-sigma network, set
     by ``numpyro_wjs.nn.train.train_denoiser`` when left ``None``), ``sigma_data``
     and ``noise_conditional`` are read by the trainer and the checkpoint code.
+
+    Keyword arguments of every subclass
+    -----------------------------------
+    noise_conditional : bool
+        Whether the network takes the noise level as a second input.
+    sigma : float, optional
+        Training noise level of a fixed-sigma network (set by the trainer if omitted).
+    sigma_data : float
+        Standard deviation of the data used by the EDM preconditioning (set it to
+        the data's per-coordinate standard deviation, e.g. about 0.5 for pixels in
+        ``[0, 1]``).
+    embed_dim : int
+        Width of the noise embedding (noise-conditional networks only).
+    rngs : nnx.Rngs
+        Parameter initialisation keys.
     """
 
     event_ndim: ClassVar[int]
@@ -293,18 +308,8 @@ class MLP(Denoiser):
         Dimension of the data.
     hidden : sequence of int
         Hidden widths.
-    noise_conditional : bool
-        Whether the network takes the noise level as a second input.
-    sigma : float, optional
-        Training noise level of a fixed-sigma network (set by the trainer if omitted).
-    sigma_data : float
-        Standard deviation of the data used by the EDM preconditioning (set it to
-        the data's per-coordinate standard deviation, e.g. about 0.5 for pixels in
-        ``[0, 1]``).
-    embed_dim : int
-        Width of the noise embedding (noise-conditional networks only).
-    rngs : nnx.Rngs
-        Parameter initialisation keys.
+    noise_conditional, sigma, sigma_data, embed_dim, rngs
+        See ``Denoiser``.
 
     Examples
     --------
@@ -433,16 +438,8 @@ class UNet(Denoiser):
         Widths per resolution level; each must be divisible by ``num_groups``.
     num_groups : int
         Groups of the GroupNorm layers.
-    noise_conditional : bool
-        Whether the network takes the noise level as a second input.
-    sigma : float, optional
-        Training noise level of a fixed-sigma network (set by the trainer if omitted).
-    sigma_data : float
-        Standard deviation of the data (about 0.5 for pixels in ``[0, 1]``).
-    embed_dim : int
-        Width of the noise embedding (noise-conditional networks only).
-    rngs : nnx.Rngs
-        Parameter initialisation keys.
+    noise_conditional, sigma, sigma_data, embed_dim, rngs
+        See ``Denoiser``.
 
     Examples
     --------
