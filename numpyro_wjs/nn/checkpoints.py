@@ -37,10 +37,15 @@ from numpyro_wjs.nn.denoisers import MLP, UNet, is_noise_conditional
 __all__ = [
     "ARCHITECTURES",
     "CheckpointError",
+    "checkpoint_metadata",
     "load_network",
+    "network_metadata",
     "read_metadata",
     "register_architecture",
+    "restore",
     "save_network",
+    "save_step",
+    "step_manager",
     "write_metadata",
 ]
 
@@ -348,14 +353,14 @@ def save_network(
 def step_manager(directory: Path, keep: int | None = None) -> ocp.CheckpointManager:
     """Orbax manager of the ``step_*`` checkpoints in ``directory``, keeping the
     newest ``keep`` (all if ``None``); read-only when ``keep`` is ``None``."""
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        step_name_format=STEP_NAMES,
-        enable_async_checkpointing=False,
-        read_only=keep is None,
-        create=keep is not None,
-    )
-    with quiet_orbax():
+    with quiet_orbax():  # a read-only manager logs the options it ignores
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            step_name_format=STEP_NAMES,
+            enable_async_checkpointing=False,
+            read_only=keep is None,
+            create=keep is not None,
+        )
         return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
