@@ -185,7 +185,7 @@ def test_train_interrupted_during_saves_prints_one_line(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("train")]
     assert proc.returncode == 130 and lines == ["numpyro-wjs train: interrupted"], stderr[-3000:]
-    assert not list(out.glob(".step_*")), "a temporary checkpoint folder was left behind"
+    assert not list(out.glob("*.orbax-checkpoint-tmp*")), "a temporary checkpoint folder was left behind"
 
 
 def test_train_refuses_the_package_and_conflicting_flags(capsys):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from numpyro_wjs.nn import checkpoints
 from numpyro_wjs.nn import train as train_module
 from numpyro_wjs.nn.denoisers import MLP, UNet
 from numpyro_wjs.targets import GaussianMixture
@@ -616,7 +617,7 @@ def test_other_run_refused_unless_overwrite(checkpointed, data, tmp_path):
 
 def test_never_trains_inside_the_package(data):
     x, _ = data
-    target = train_module._PACKAGE_DIR / "pretrained" / "mnist_denoiser"
+    target = train_module._PACKAGE_DIR / "nn" / "pretrained" / "mnist_denoiser"
     before = sorted(p.name for p in target.iterdir())
     for overwrite in (False, True):
         with pytest.raises(ValueError, match="inside the installed numpyro_wjs package"):
@@ -627,7 +628,7 @@ def test_never_trains_inside_the_package(data):
 def test_killed_save_leaves_no_temporary_folder(checkpointed, data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(checkpointed[1], run)
-    leftover = run / f".step_{3 * N:08d}.tmp-deadbeef"
+    leftover = run / f"step_{3 * N:08d}.orbax-checkpoint-tmp-1234"
     (leftover / "weights").mkdir(parents=True)
     x, _ = data
     train_denoiser(tiny_mlp(), x, SIGMA, checkpoint_dir=run, **RUN)
@@ -637,13 +638,13 @@ def test_killed_save_leaves_no_temporary_folder(checkpointed, data, tmp_path):
 def test_interrupt_during_save_waits_for_the_save(tmp_path, monkeypatch):
     """Ctrl-C in the middle of a save: the checkpoint is completed, then the interrupt
     is raised, and no temporary folder remains."""
-    real = train_module.write_metadata
+    real = checkpoints.write_metadata
 
     def interrupted(path, metadata):
         os.kill(os.getpid(), signal.SIGINT)
         return real(path, metadata)
 
-    monkeypatch.setattr(train_module, "write_metadata", interrupted)
+    monkeypatch.setattr(checkpoints, "write_metadata", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "c", tiny_mlp())
     assert load_denoiser(tmp_path / "c").config == tiny_mlp().config

@@ -1,22 +1,55 @@
-"""Checkpoint metadata: the JSON file stored beside a network's weights.
+"""Checkpoints of every saved network: Orbax weights plus a self-describing ``metadata.json``.
 
-A checkpoint directory holds the weights (written by Orbax) and a ``metadata.json``
-describing how to rebuild and interpret them (architecture arguments, pixel scaling,
-training recipe, held-out scores). This module only handles the JSON side and the
-error raised for unusable checkpoints; it is shared by every saved network.
+A checkpoint is a directory written by Orbax (one PyTree item per sub-folder:
+``weights/`` for the published ``nnx.Param`` values, ``train_state/`` for training
+runs) and a ``metadata.json`` naming the format, the registered architecture and its
+constructor config, the library version, the items, the SHA-256 of every file and
+whatever the saver adds (noise settings, training recipe, held-out scores). A
+training run keeps its checkpoints as ``step_00000100/`` folders managed by an
+``orbax.checkpoint.CheckpointManager``. ``metadata.json`` is written last, so a
+checkpoint without it is incomplete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.metadata
 import json
+import logging
 import math
 import os
+import signal
 import tempfile
-from collections.abc import Iterable, Mapping
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointError", "read_metadata", "write_metadata"]
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from numpyro_wjs.nn.denoisers import MLP, UNet, is_noise_conditional
+
+__all__ = [
+    "ARCHITECTURES",
+    "CheckpointError",
+    "checkpoint_metadata",
+    "load_network",
+    "network_metadata",
+    "read_metadata",
+    "register_architecture",
+    "restore",
+    "save_network",
+    "save_step",
+    "step_manager",
+    "write_metadata",
+]
+
+METADATA_FILE = "metadata.json"
 
 
 class CheckpointError(ValueError):
@@ -125,3 +158,429 @@ def read_metadata(path: str | os.PathLike, required: Iterable[str] = ()) -> dict
             "program or is incomplete: save it again."
         )
     return metadata
+
+
+# ---------------------------------------------------------------------------
+# Network checkpoints: Orbax items + metadata.json
+
+ARCHITECTURES: dict[str, type[nnx.Module]] = {"MLP": MLP, "UNet": UNet}
+"""Network classes that checkpoints can name and loaders can rebuild, by name.
+
+Filled by ``register_architecture``; a checkpoint only names its class, so loading one
+never imports or runs code chosen by the file.
+"""
+
+FORMAT_VERSION = 2
+#: Checkpoint formats (what the network is) and the function that loads each.
+LOADERS = {
+    "numpyro_wjs.denoiser": "numpyro_wjs.nn.train.load_denoiser",
+    "numpyro_wjs.DigitClassifier": "numpyro_wjs.nn.classifier.load_classifier",
+}
+#: Names of the step folders of a training run: ``step_00000100``.
+STEP_NAMES = ocp.step.standard_name_format(step_prefix="step", step_format_fixed_length=8)
+_RESERVED = {"format", "format_version", "architecture", "config", "step", "items", "files", "train"}
+
+
+def register_architecture(cls: type[nnx.Module], name: str | None = None) -> type[nnx.Module]:
+    """Let checkpoints name the network class ``cls`` and the loaders rebuild it.
+
+    A checkpoint stores the class's registered name and ``model.config`` (a dict of
+    JSON-serialisable constructor keyword arguments; ``{}`` when the module has no
+    ``config``); loading calls ``cls(**config, rngs=nnx.Rngs(0))`` and restores the
+    weights. Only classes registered in the running program can be rebuilt: a
+    checkpoint never names code to import. Call it (or use it as a class decorator)
+    before saving or loading. ``MLP``, ``UNet`` and ``DigitClassifier`` are registered
+    already.
+
+    Parameters
+    ----------
+    cls : type
+        A ``flax.nnx.Module`` subclass whose constructor accepts ``**config`` and
+        ``rngs``.
+    name : str, optional
+        Name stored in checkpoints; default ``cls.__name__``.
+
+    Returns
+    -------
+    type
+        ``cls`` (so that it works as a decorator).
+
+    Raises
+    ------
+    TypeError
+        If ``cls`` is not an NNX module class.
+    ValueError
+        If ``name`` is taken by another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
+        raise TypeError(f"register_architecture needs an nnx.Module subclass, got {cls!r}")
+    name = cls.__name__ if name is None else name
+    if ARCHITECTURES.setdefault(name, cls) is not cls:
+        raise ValueError(
+            f"architecture name {name!r} is taken by {ARCHITECTURES[name]}; pass another name="
+        )
+    return cls
+
+
+def architecture_name(model: nnx.Module) -> str:
+    """The registered name of ``model``'s class; ``TypeError`` if it has none."""
+    found = [name for name, cls in ARCHITECTURES.items() if cls is type(model)]
+    if not found:
+        raise TypeError(
+            f"cannot checkpoint {type(model).__qualname__}: register it first with "
+            f"numpyro_wjs.nn.train.register_architecture({type(model).__name__})"
+        )
+    return found[0]
+
+
+def check_json(name: str, value: Any) -> None:
+    """``TypeError`` unless ``value`` is JSON-serialisable with finite numbers."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be JSON-serialisable (finite numbers): {err}") from err
+
+
+def _library_version() -> str:
+    try:
+        return importlib.metadata.version("numpyro-wjs")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def network_metadata(
+    model: nnx.Module, fmt: str, step: int | None, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The metadata every checkpoint of ``model`` starts with, updated by ``extra``.
+
+    ``extra`` may not set the entries the checkpoint code owns (``format``,
+    ``architecture``, ``config``, ``step``, ...); ``ValueError`` if it does.
+    """
+    config = getattr(model, "config", {})
+    check_json(f"{type(model).__name__}.config", config)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & _RESERVED)
+    if clash:
+        raise ValueError(f"metadata may not set the reserved entries {clash}")
+    check_json("metadata", extra)
+    return {
+        "format": fmt,
+        "format_version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "architecture": architecture_name(model),
+        "config": config,
+        "noise_conditional": is_noise_conditional(model),
+        "sigma": getattr(model, "sigma", None),
+        "step": step,
+        **extra,
+    }
+
+
+def pure_params(model: nnx.Module) -> dict:
+    """The ``nnx.Param`` values of ``model`` as a plain nested dict of arrays."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
+
+    A checkpoint is then written whole or not at all, and Orbax's background threads
+    are never cut off mid-save (which printed their tracebacks).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[Any, ...]] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)  # to the handler the block displaced
+
+
+def _file_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory`` but ``metadata.json``, by relative path."""
+    return {
+        file.relative_to(directory).as_posix(): hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(directory.rglob("*"))
+        if file.is_file() and file.name != METADATA_FILE
+    }
+
+
+def _checkpointer(names: Iterable[str]) -> ocp.Checkpointer:
+    """A synchronous Orbax checkpointer of the PyTree items ``names`` of one checkpoint."""
+    handlers = {name: ocp.StandardCheckpointHandler() for name in names}
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**handlers))
+
+
+def _composite(items: Mapping[str, Any]) -> ocp.args.Composite:
+    return ocp.args.Composite(
+        **{name: ocp.args.StandardSave(jax.device_get(tree)) for name, tree in items.items()}
+    )
+
+
+def _seal(path: Path, items: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
+    """Write ``metadata.json`` (with the item names and file digests) into the
+    finished Orbax checkpoint ``path``: the mark of a complete checkpoint."""
+    write_metadata(
+        path / METADATA_FILE, {**metadata, "items": sorted(items), "files": _file_digests(path)}
+    )
+    return path
+
+
+def save_network(
+    path: str | os.PathLike, items: Mapping[str, Any], metadata: Mapping[str, Any],
+    *, replace: bool = False,
+) -> Path:
+    """Write the PyTrees ``items`` (e.g. ``{"weights": pure_params(model)}``) as one
+    Orbax checkpoint at ``path``, then its ``metadata.json``.
+
+    Orbax writes under a temporary name and renames when complete; Ctrl-C waits for
+    the save to end. ``FileExistsError`` if ``path`` exists, unless ``replace``.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not replace:
+        raise FileExistsError(f"checkpoint path {path} already exists; choose a new path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with interrupts_deferred(), _checkpointer(items) as ckptr:
+        ckptr.save(path, _composite(items), force=replace)
+        return _seal(path, items, metadata)
+
+
+def step_manager(directory: Path, keep: int | None = None) -> ocp.CheckpointManager:
+    """Orbax manager of the ``step_*`` checkpoints in ``directory``, keeping the
+    newest ``keep`` (all if ``None``); read-only when ``keep`` is ``None``."""
+    with quiet_orbax():  # a read-only manager logs the options it ignores
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            step_name_format=STEP_NAMES,
+            enable_async_checkpointing=False,
+            read_only=keep is None,
+            create=keep is not None,
+        )
+        return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save_step(
+    manager: ocp.CheckpointManager, step: int, items: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> Path:
+    """``save_network`` for step ``step`` of a training run, through ``manager`` (which
+    removes the checkpoints beyond its ``max_to_keep``); replaces an earlier ``step``."""
+    with interrupts_deferred():
+        if step in manager.all_steps():  # a damaged checkpoint that resuming skipped
+            manager.delete(step)
+        manager.save(step, args=_composite(items), force=True)
+        manager.wait_until_finished()
+        return _seal(Path(manager.directory) / STEP_NAMES.build_name(step), items, metadata)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is one checkpoint (rather than a folder of ``step_*`` ones)."""
+    return (path / METADATA_FILE).exists() or (path / "weights").exists()
+
+
+def step_paths(directory: Path) -> list[Path]:
+    """The ``step_*`` checkpoints in ``directory``, newest first."""
+    if not Path(directory).is_dir():
+        return []
+    steps = step_manager(directory).all_steps()
+    return [Path(directory) / STEP_NAMES.build_name(s) for s in sorted(steps, reverse=True)]
+
+
+def _locate(path: Path) -> list[Path]:
+    """The checkpoints ``path`` names, to try in order: itself, or its ``step_*``
+    checkpoints from the newest."""
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; a checkpoint is a directory")
+    if is_checkpoint(path):
+        return [path]
+    found = step_paths(path)
+    if not found:
+        raise FileNotFoundError(
+            f"no checkpoint in {path}: expected metadata.json and weights/, or step_* "
+            "checkpoint directories"
+        )
+    return found
+
+
+class IncompatibleCheckpoint(CheckpointError):
+    """An intact checkpoint that cannot serve (e.g. a training run with other settings):
+    never skipped."""
+
+
+def newest_intact(path: str | os.PathLike, use: Callable[[Path], Any]) -> Any:
+    """``use(checkpoint)`` on the newest checkpoint ``path`` names that ``use`` can read.
+
+    ``path`` is one checkpoint or a folder of ``step_*`` ones. A damaged checkpoint is
+    skipped with a warning; if none can be read, the newest one's ``CheckpointError``
+    is raised. ``IncompatibleCheckpoint`` is raised at once.
+    """
+    candidates = _locate(Path(path))
+    first_error = None
+    for checkpoint in candidates:
+        try:
+            return use(checkpoint)
+        except IncompatibleCheckpoint:
+            raise
+        except CheckpointError as err:
+            first_error = first_error or err
+            if checkpoint is not candidates[-1]:
+                warnings.warn(f"skipping damaged checkpoint ({err})", stacklevel=3)
+    raise first_error
+
+
+def checkpoint_metadata(path: Path, fmt: str) -> dict[str, Any]:
+    """The validated ``metadata.json`` of the checkpoint ``path`` (with ``path`` added).
+
+    Checks the entries every checkpoint has, the format ``fmt`` (one of ``LOADERS``),
+    the architecture's registration, the presence of every item and the SHA-256 of
+    every recorded file.
+    """
+    meta_path = path / METADATA_FILE
+    if not meta_path.exists():
+        raise CheckpointError(f"incomplete checkpoint {path}: weights without metadata.json")
+    meta = read_metadata(meta_path)
+    if meta.get("format") in LOADERS and meta["format"] != fmt:
+        raise CheckpointError(
+            f"{path} holds a {meta['format']} checkpoint, not a {fmt}: load it with "
+            f"{LOADERS[meta['format']]}"
+        )
+    required = {"format": str, "format_version": int, "architecture": str, "config": dict, "items": list}
+    for key, kind in required.items():
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(
+                f"corrupt checkpoint {path}: metadata.json entry {key!r} is missing or not "
+                f"a {kind.__name__}"
+            )
+    if meta["format"] != fmt or meta["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {meta['format']!r} version {meta['format_version']}, "
+            f"expected {fmt!r} up to version {FORMAT_VERSION}"
+        )
+    if meta["architecture"] not in ARCHITECTURES:
+        raise CheckpointError(
+            f"checkpoint {path} names unknown architecture {meta['architecture']!r} (registered: "
+            f"{sorted(ARCHITECTURES)}); register its class with register_architecture first"
+        )
+    if "weights" not in meta["items"]:
+        raise CheckpointError(f"corrupt checkpoint {path}: metadata.json lists no weights item")
+    for item in meta["items"]:
+        if not (path / str(item)).is_dir():
+            raise CheckpointError(f"incomplete checkpoint {path}: metadata.json without {item}/")
+    # Checked before Orbax reads anything: it reports damaged files in pages of log.
+    recorded = meta.get("files", {})
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"corrupt checkpoint {path}: metadata.json entry 'files' is not a dict")
+    found = _file_digests(path) if recorded else {}
+    damaged = sorted(name for name, digest in recorded.items() if found.get(name) != digest)
+    if damaged:
+        raise CheckpointError(
+            f"damaged checkpoint {path}: {damaged[0]} is missing or differs from its recorded "
+            f"SHA-256 ({len(damaged)} file(s) in all)"
+        )
+    meta["path"] = str(path)
+    return meta
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{"a/0/kernel": (shape, dtype)}`` for every array of a (metadata) PyTree."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys): (
+            tuple(leaf.shape),
+            np.dtype(leaf.dtype),
+        )
+        for keys, leaf in flat
+    }
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Silence Orbax's (absl) log: a damaged file is reported once, by us."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def restore(path: Path, targets: Mapping[str, Any]) -> dict[str, Any]:
+    """Restore the items ``targets`` (name -> PyTree) of the checkpoint ``path``, each
+    into the structure, shapes and dtypes of its target, on the default device.
+
+    The stored shapes are compared with the targets' before any array is read, so a
+    mismatch is reported by name and nothing is half restored.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = {
+        name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+        for name, tree in targets.items()
+    }
+    try:
+        with quiet_orbax(), _checkpointer(targets) as ckptr:
+            stored_items = ckptr.metadata(path.absolute()).item_metadata
+            for item, tree in abstract.items():
+                stored = getattr(stored_items.get(item) if stored_items else None, "tree", None)
+                if stored is None:
+                    raise CheckpointError(
+                        f"cannot restore {path}: the Orbax metadata of {item}/ is missing or corrupt"
+                    )
+                stored, wanted = _shapes(stored), _shapes(tree)
+                for name in sorted(set(stored) | set(wanted)):
+                    if stored.get(name) != wanted.get(name):
+                        raise CheckpointError(
+                            f"checkpoint {path} does not match the network: {item} array {name!r} "
+                            f"is {stored.get(name, 'missing')} in the checkpoint, the network "
+                            f"needs {wanted.get(name, 'nothing')} (shape, dtype)"
+                        )
+            args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
+            restored = dict(ckptr.restore(path.absolute(), ocp.args.Composite(**args)))
+    except CheckpointError:
+        raise
+    except Exception as err:  # Orbax/TensorStore raise many types for damaged files
+        raise CheckpointError(f"cannot restore {path}: {type(err).__name__}: {err}") from err
+    for name, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
+        values = np.asarray(leaf)
+        if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+            raise CheckpointError(
+                f"checkpoint {path} holds non-finite values in {jax.tree_util.keystr(name)}"
+            )
+    return restored
+
+
+def _build(meta: dict[str, Any]) -> nnx.Module:
+    """The network named by the metadata, with placeholder (abstract) weights."""
+    cls = ARCHITECTURES[meta["architecture"]]
+    try:
+        return nnx.eval_shape(lambda: cls(**meta["config"], rngs=nnx.Rngs(0)))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {meta['path']} has an invalid {meta['architecture']} config "
+            f"{meta['config']}: {err}"
+        ) from err
+
+
+def load_network(path: str | os.PathLike, fmt: str) -> tuple[nnx.Module, dict[str, Any]]:
+    """Rebuild the network of format ``fmt`` saved at ``path`` (one checkpoint, or the
+    newest intact one of a folder of ``step_*`` checkpoints) and return it with its
+    metadata.
+
+    Raises ``FileNotFoundError`` if ``path`` holds no checkpoint, ``CheckpointError`` if
+    the checkpoint is incomplete, corrupt, of another format, does not match its
+    metadata or names an unregistered class.
+    """
+
+    def load(checkpoint: Path) -> tuple[nnx.Module, dict[str, Any]]:
+        meta = checkpoint_metadata(checkpoint, fmt)
+        graphdef, state = nnx.split(_build(meta))
+        nnx.replace_by_pure_dict(state, restore(checkpoint, {"weights": nnx.to_pure_dict(state)})["weights"])
+        return nnx.merge(graphdef, state), meta
+
+    return newest_intact(path, load)

@@ -28,8 +28,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,8 +40,16 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from numpyro_wjs.nn.checkpoints import CheckpointError, read_metadata, write_metadata
 from numpyro_wjs.data import as_array, load_mnist
+from numpyro_wjs.nn.checkpoints import (
+    METADATA_FILE,
+    load_network,
+    network_metadata,
+    pure_params,
+    register_architecture,
+    save_network,
+)
+from numpyro_wjs.validation import positive, positive_int
 
 __all__ = [
     "ClassifierTrainInfo",
@@ -61,19 +67,10 @@ PRETRAINED_CLASSIFIER_DIR = Path(__file__).resolve().parent / "pretrained" / "mn
 """Directory of the shipped MNIST classifier (trained on digits 0-7999 only)."""
 
 _FORMAT = "numpyro_wjs.DigitClassifier"
-_FORMAT_VERSION = 1
-_METADATA_FILE = "metadata.json"
-_WEIGHTS_DIR = "weights"
 _PIXEL_SCALING = "float32 in [0, 1], NHWC (byte / 255 for MNIST)"
 
 
-def _max_pool2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 of NHWC ``x`` (odd trailing rows/columns dropped)."""
-    n, h, w, c = x.shape
-    x = x[:, : 2 * (h // 2), : 2 * (w // 2)]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
+@register_architecture
 class DigitClassifier(nnx.Module):
     """Two-layer CNN classifier ``x -> logits`` (see the module docstring).
 
@@ -148,8 +145,8 @@ class DigitClassifier(nnx.Module):
         return images.reshape((-1, *self.image_shape)), batch_shape
 
     def _features(self, x: jax.Array) -> jax.Array:
-        x = _max_pool2(nnx.relu(self.conv1(x)))
-        x = _max_pool2(nnx.relu(self.conv2(x)))
+        x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))
+        x = nnx.max_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
         return nnx.relu(self.dense1(x.reshape(x.shape[0], -1)))
 
     def features(self, images: jax.Array) -> jax.Array:
@@ -281,8 +278,7 @@ def accuracy(
     """
     images = as_array(images)
     labels = _check_labels(labels, images.shape[0], model.num_classes)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    positive_int("batch_size", batch_size)
     correct = 0
     for start in range(0, images.shape[0], batch_size):
         predicted = _predict_batch(model, jnp.asarray(images[start : start + batch_size]))
@@ -358,12 +354,10 @@ def train_classifier(
         raise ValueError(f"images must be NHWC (N, H, W, C), got shape {images.shape}.")
     labels = _check_labels(labels, images.shape[0], num_classes)
     n = images.shape[0]
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    steps = positive_int("steps", steps)
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be in [1, {n}] (the number of images), got {batch_size}.")
-    if not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate}.")
+    positive("learning_rate", learning_rate)
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
     if not augment_noise >= 0 or not math.isfinite(augment_noise):
@@ -423,12 +417,11 @@ def train_classifier(
 def save_classifier(
     path: str | os.PathLike, model: DigitClassifier, metadata: Mapping[str, Any] | None = None
 ) -> Path:
-    """Save weights (Orbax) and ``metadata.json`` to the directory ``path``.
+    """Save a classifier in the checkpoint format of every network (``nn.checkpoints``).
 
-    The metadata records the architecture (``model_kwargs``), the pixel scaling and
-    whatever ``metadata`` adds (held-out accuracy, training recipe). The checkpoint is
-    assembled in a temporary sibling directory and renamed into place, replacing an
-    earlier classifier checkpoint at ``path``.
+    The metadata records the architecture and its config, the pixel scaling and
+    whatever ``metadata`` adds (held-out accuracy, training recipe). An earlier
+    classifier checkpoint at ``path`` is replaced.
 
     Parameters
     ----------
@@ -437,8 +430,9 @@ def save_classifier(
     model
         The classifier.
     metadata
-        Extra JSON-serialisable entries; may not use the keys ``format``,
-        ``format_version``, ``model_kwargs`` or ``pixel_scaling``.
+        Extra JSON-serialisable entries; may not use the keys of the checkpoint format
+        (``format``, ``architecture``, ``config``, ...), ``model_kwargs`` or
+        ``pixel_scaling``.
 
     Returns
     -------
@@ -450,42 +444,21 @@ def save_classifier(
     FileExistsError
         ``path`` exists and is not an (empty directory or) classifier checkpoint.
     """
-    import orbax.checkpoint as ocp
-
     if not isinstance(model, DigitClassifier):
         raise TypeError(f"model must be a DigitClassifier, got {type(model).__name__}.")
     extra = dict(metadata or {})
-    reserved = {"format", "format_version", "model_kwargs", "pixel_scaling"} & extra.keys()
+    reserved = {"model_kwargs", "pixel_scaling"} & extra.keys()
     if reserved:
         raise ValueError(f"metadata may not set the reserved keys {sorted(reserved)}.")
-    full = {
-        **extra,
-        "format": _FORMAT,
-        "format_version": _FORMAT_VERSION,
-        "model_kwargs": model.config,
-        "pixel_scaling": _PIXEL_SCALING,
-    }
+    meta = network_metadata(model, _FORMAT, None, {**extra, "pixel_scaling": _PIXEL_SCALING})
     path = Path(path).expanduser().resolve()
     if path.exists() and not (
-        path.is_dir() and ((path / _METADATA_FILE).is_file() or not any(path.iterdir()))
+        path.is_dir() and ((path / METADATA_FILE).is_file() or not any(path.iterdir()))
     ):
         raise FileExistsError(
             f"{path} exists and is not a classifier checkpoint; choose another path."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / _WEIGHTS_DIR, nnx.state(model, nnx.Param))
-            checkpointer.wait_until_finished()
-        write_metadata(tmp / _METADATA_FILE, full)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return save_network(path, {"weights": pure_params(model)}, meta, replace=path.exists())
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[DigitClassifier, dict[str, Any]]:
@@ -500,7 +473,8 @@ def load_classifier(path: str | os.PathLike) -> tuple[DigitClassifier, dict[str,
     -------
     model : DigitClassifier
     metadata : dict
-        The contents of ``metadata.json``.
+        The contents of ``metadata.json``, with ``model_kwargs`` (the constructor
+        arguments, ``config``) and ``path``.
 
     Raises
     ------
@@ -509,47 +483,8 @@ def load_classifier(path: str | os.PathLike) -> tuple[DigitClassifier, dict[str,
     CheckpointError
         Metadata or weights missing, corrupt, non-finite or inconsistent.
     """
-    import orbax.checkpoint as ocp
-
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"Classifier checkpoint {path} does not exist.")
-    meta_file, weights = path / _METADATA_FILE, path / _WEIGHTS_DIR
-    if not meta_file.is_file():
-        raise CheckpointError(
-            f"{path} has no {_METADATA_FILE}: not a classifier checkpoint, or an "
-            "incomplete one; save it again."
-        )
-    metadata = read_metadata(meta_file, required=("format", "format_version", "model_kwargs"))
-    if metadata["format"] != _FORMAT or metadata["format_version"] != _FORMAT_VERSION:
-        raise CheckpointError(
-            f"{meta_file} describes {metadata['format']!r} version "
-            f"{metadata['format_version']!r}, expected {_FORMAT!r} version {_FORMAT_VERSION}."
-        )
-    kwargs = metadata["model_kwargs"]
-    try:
-        abstract = nnx.eval_shape(lambda: DigitClassifier(rngs=nnx.Rngs(0), **kwargs))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{meta_file}: invalid model_kwargs {kwargs!r} ({err}).") from err
-    if not weights.is_dir():
-        raise CheckpointError(f"{path} has no {_WEIGHTS_DIR}/ directory; save it again.")
-    graphdef, abstract_state = nnx.split(abstract)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract_state = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-        abstract_state,
-    )
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            state = checkpointer.restore(weights, abstract_state)
-    except Exception as err:  # Orbax raises many types for unreadable checkpoints.
-        raise CheckpointError(
-            f"Could not restore the weights in {weights} ({type(err).__name__}: {err}); "
-            "the checkpoint is corrupt or does not match its metadata: save it again."
-        ) from err
-    if not all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(state)):
-        raise CheckpointError(f"{weights} holds non-finite weights; retrain the classifier.")
-    return nnx.merge(graphdef, state), metadata
+    model, metadata = load_network(Path(path).expanduser().resolve(), _FORMAT)
+    return model, {**metadata, "model_kwargs": metadata["config"]}
 
 
 def load_pretrained_classifier() -> tuple[DigitClassifier, dict[str, Any]]:

@@ -26,6 +26,7 @@ A trained network is a plain callable: ``net(y)`` (fixed sigma) or ``net(y, s)``
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, ClassVar
 
@@ -34,12 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from numpyro_wjs.validation import positive, positive_int
+
 __all__ = [
     "Denoiser",
     "MLP",
     "UNet",
     "conv_kernel_init",
     "edm_preconditioning",
+    "is_noise_conditional",
     "noise_features",
 ]
 
@@ -110,21 +114,25 @@ class NoiseEmbedding(nnx.Module):
         return nnx.silu(self.linear2(h))
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _check_widths(name: str, values: Any) -> tuple[int, ...]:
     values = tuple(values)
-    if not values or not all(isinstance(v, int) and v > 0 for v in values):
+    if not values:
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
-    return values
+    return tuple(positive_int(name, v) for v in values)
+
+
+def is_noise_conditional(model: Any) -> bool:
+    """Whether ``model`` is called as ``model(y, s)`` rather than ``model(y)``.
+
+    Its ``noise_conditional`` attribute when it has one (the package's denoisers), else
+    whether its ``__call__`` takes a second positional parameter.
+    """
+    flag = getattr(model, "noise_conditional", None)
+    if flag is not None:
+        return bool(flag)
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = inspect.signature(model.__call__).parameters.values()
+    return sum(p.kind in kinds for p in params) >= 2
 
 
 def _is_concrete(x: Any) -> bool:
@@ -140,6 +148,21 @@ class Denoiser(nnx.Module):
     score. Attributes ``sigma`` (training noise level of a fixed-sigma network, set
     by ``numpyro_wjs.nn.train.train_denoiser`` when left ``None``), ``sigma_data``
     and ``noise_conditional`` are read by the trainer and the checkpoint code.
+
+    Keyword arguments of every subclass
+    -----------------------------------
+    noise_conditional : bool
+        Whether the network takes the noise level as a second input.
+    sigma : float, optional
+        Training noise level of a fixed-sigma network (set by the trainer if omitted).
+    sigma_data : float
+        Standard deviation of the data used by the EDM preconditioning (set it to
+        the data's per-coordinate standard deviation, e.g. about 0.5 for pixels in
+        ``[0, 1]``).
+    embed_dim : int
+        Width of the noise embedding (noise-conditional networks only).
+    rngs : nnx.Rngs
+        Parameter initialisation keys.
     """
 
     event_ndim: ClassVar[int]
@@ -165,8 +188,8 @@ class Denoiser(nnx.Module):
         self, noise_conditional: bool, sigma: float | None, sigma_data: float, embed_dim: int
     ) -> None:
         if sigma is not None:
-            _check_positive("sigma", sigma)
-        _check_positive("sigma_data", sigma_data)
+            positive("sigma", sigma)
+        positive("sigma_data", sigma_data)
         self.noise_conditional = bool(noise_conditional)
         self.sigma = None if sigma is None else float(sigma)
         self.sigma_data = float(sigma_data)
@@ -285,18 +308,8 @@ class MLP(Denoiser):
         Dimension of the data.
     hidden : sequence of int
         Hidden widths.
-    noise_conditional : bool
-        Whether the network takes the noise level as a second input.
-    sigma : float, optional
-        Training noise level of a fixed-sigma network (set by the trainer if omitted).
-    sigma_data : float
-        Standard deviation of the data used by the EDM preconditioning (set it to
-        the data's per-coordinate standard deviation, e.g. about 0.5 for pixels in
-        ``[0, 1]``).
-    embed_dim : int
-        Width of the noise embedding (noise-conditional networks only).
-    rngs : nnx.Rngs
-        Parameter initialisation keys.
+    noise_conditional, sigma, sigma_data, embed_dim, rngs
+        See ``Denoiser``.
 
     Examples
     --------
@@ -319,7 +332,7 @@ class MLP(Denoiser):
         embed_dim: int = 64,
         rngs: nnx.Rngs,
     ):
-        _check_positive_int("dim", dim)
+        positive_int("dim", dim)
         hidden = _check_widths("hidden", hidden)
         self._set_noise_settings(noise_conditional, sigma, sigma_data, embed_dim)
         self.dim = dim
@@ -425,16 +438,8 @@ class UNet(Denoiser):
         Widths per resolution level; each must be divisible by ``num_groups``.
     num_groups : int
         Groups of the GroupNorm layers.
-    noise_conditional : bool
-        Whether the network takes the noise level as a second input.
-    sigma : float, optional
-        Training noise level of a fixed-sigma network (set by the trainer if omitted).
-    sigma_data : float
-        Standard deviation of the data (about 0.5 for pixels in ``[0, 1]``).
-    embed_dim : int
-        Width of the noise embedding (noise-conditional networks only).
-    rngs : nnx.Rngs
-        Parameter initialisation keys.
+    noise_conditional, sigma, sigma_data, embed_dim, rngs
+        See ``Denoiser``.
 
     Examples
     --------
@@ -458,9 +463,9 @@ class UNet(Denoiser):
         embed_dim: int = 64,
         rngs: nnx.Rngs,
     ):
-        _check_positive_int("in_channels", in_channels)
+        positive_int("in_channels", in_channels)
         channels = _check_widths("channels", channels)
-        _check_positive_int("num_groups", num_groups)
+        positive_int("num_groups", num_groups)
         if any(c % num_groups for c in channels):
             raise ValueError(
                 f"every entry of channels={channels} must be divisible by num_groups={num_groups}"

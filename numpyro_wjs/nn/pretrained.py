@@ -103,6 +103,7 @@ def train_pretrained_denoiser(
 
     from numpyro_wjs.data import MNIST_HELDOUT_START, load_mnist
     from numpyro_wjs.nn.denoisers import UNet
+    from numpyro_wjs.nn.checkpoints import STEP_NAMES
     from numpyro_wjs.nn.train import load_denoiser, save_checkpoint, train_denoiser
 
     # t10k digits 0-7999: split="train" ends with them (after MNIST's 60,000 training
@@ -147,7 +148,7 @@ def train_pretrained_denoiser(
         best = int(np.argmin(result.eval_mse.sum(axis=1)))
         selected = int(result.eval_steps[best])
         if selected != steps:
-            model = load_denoiser(Path(checkpoint_dir) / f"step_{selected:08d}")
+            model = load_denoiser(Path(checkpoint_dir) / STEP_NAMES.build_name(selected))
     metadata = {
         "name": "mnist",
         "train_split": f"MNIST t10k digits 0-{VALIDATION_START - 1} ({train_images.shape[0]} digits)",

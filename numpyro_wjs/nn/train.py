@@ -11,7 +11,7 @@ held-out error, shards batches over several devices and checkpoints/resumes with
 Orbax. ``load_denoiser`` rebuilds a trained network from a checkpoint directory
 alone.
 
-Checkpoint layout (one directory per checkpoint)::
+Checkpoint layout (one directory per checkpoint, ``numpyro_wjs.nn.checkpoints``)::
 
     metadata.json   architecture, constructor kwargs, sigma, data shape,
                     normalisation, step, library version, training settings
@@ -19,12 +19,12 @@ Checkpoint layout (one directory per checkpoint)::
     train_state/    Orbax PyTree: raw weights, optimizer state, loss history
                     (training checkpoints; optimizer state only for save_checkpoint)
 
-``train_denoiser(..., checkpoint_dir=d)`` writes ``d/step_00000100/`` etc. A
-checkpoint directory is written under a temporary name and renamed when complete
-(Ctrl-C waits for the save to end), so an interrupted save never looks like a
-checkpoint. Any Flax NNX module called as ``model(y)`` or ``model(y, s)`` trains;
-checkpoints name its class, which ``register_architecture`` makes loadable (the
-package's ``MLP`` and ``UNet`` are registered).
+``train_denoiser(..., checkpoint_dir=d)`` writes ``d/step_00000100/`` etc. through an
+Orbax ``CheckpointManager`` (written under a temporary name and renamed when
+complete; Ctrl-C waits for the save to end). Any Flax NNX module called as
+``model(y)`` or ``model(y, s)`` trains; checkpoints name its class, which
+``register_architecture`` makes loadable (the package's ``MLP`` and ``UNet`` are
+registered).
 """
 
 from __future__ import annotations
@@ -32,20 +32,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import importlib.metadata
-import inspect
 import itertools
-import json
 import logging
 import math
-import re
 import shutil
-import signal
-import threading
 import time
-import uuid
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,9 +50,27 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from numpyro_wjs.nn.checkpoints import CheckpointError, write_metadata
-from numpyro_wjs.nn.checkpoints import read_metadata as _read_json
-from numpyro_wjs.nn.denoisers import MLP, Denoiser, UNet, edm_preconditioning
+from numpyro_wjs.nn.checkpoints import (
+    ARCHITECTURES,
+    CheckpointError,
+    IncompatibleCheckpoint,
+    architecture_name,
+    check_json,
+    is_checkpoint,
+    load_network,
+    network_metadata,
+    newest_intact,
+    pure_params,
+    register_architecture,
+    restore,
+    save_network,
+    save_step,
+    step_manager,
+    step_paths,
+)
+from numpyro_wjs.nn.checkpoints import checkpoint_metadata as _checked_metadata
+from numpyro_wjs.nn.denoisers import Denoiser, edm_preconditioning, is_noise_conditional
+from numpyro_wjs.validation import positive, positive_int, positive_range
 
 __all__ = [
     "CheckpointError",
@@ -79,18 +88,12 @@ __all__ = [
     "train_step",
 ]
 
-ARCHITECTURES: dict[str, type[nnx.Module]] = {"MLP": MLP, "UNet": UNet}
-"""Network classes that checkpoints can name and ``load_denoiser`` can rebuild, by name.
-
-Filled by ``register_architecture``; a checkpoint only names its class, so loading one
-never imports or runs code chosen by the file.
-"""
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _log = logging.getLogger(__name__)
 
 FORMAT = "numpyro_wjs.denoiser"
-FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+#: What ``save_checkpoint`` writes beside its Orbax items: removed by ``overwrite``.
+_SAVED_MODEL_ENTRIES = ("metadata.json", "weights", "train_state", "_CHECKPOINT_METADATA", "commit_success.txt")
 _LOG_EVERY = 50
 
 
@@ -132,20 +135,6 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.
     2-D draws compile much faster on XLA:CPU than draws of image-shaped arrays.
     """
     return jax.random.normal(key, (shape[0], math.prod(shape[1:])), dtype).reshape(shape)
-
-
-def _noise_conditional(model: nnx.Module) -> bool:
-    """Whether ``model`` is called as ``model(y, s)`` rather than ``model(y)``.
-
-    Its ``noise_conditional`` attribute when it has one (the package's denoisers), else
-    whether its ``__call__`` takes a second positional parameter.
-    """
-    flag = getattr(model, "noise_conditional", None)
-    if flag is not None:
-        return bool(flag)
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = inspect.signature(model.__call__).parameters.values()
-    return sum(p.kind in kinds for p in params) >= 2
 
 
 def loss_fn(
@@ -193,7 +182,7 @@ def loss_fn(
     eps = _standard_normal(key_eps, batch.shape, batch.dtype)
     event_axes = tuple(range(1, batch.ndim))
     expand = (slice(None),) + (None,) * len(event_axes)
-    if _noise_conditional(model):
+    if is_noise_conditional(model):
         log_lo, log_hi = jnp.log(sigma[0]), jnp.log(sigma[1])
         if noise_levels is None:
             u = jax.random.uniform(key_s, batch.shape[:1], batch.dtype)
@@ -299,7 +288,7 @@ def train_iteration(
 @nnx.jit
 def _squared_errors(model: nnx.Module, x: jax.Array, eps: jax.Array, s: jax.Array) -> jax.Array:
     y = x + s * eps
-    xhat = model(y, jnp.full(x.shape[:1], s)) if _noise_conditional(model) else model(y)
+    xhat = model(y, jnp.full(x.shape[:1], s)) if is_noise_conditional(model) else model(y)
     return jnp.sum((x - xhat) ** 2, axis=tuple(range(1, x.ndim)))
 
 
@@ -337,7 +326,7 @@ def denoising_errors(
     np.ndarray, shape (N,)
     """
     data = _check_data(model, data, "data")
-    _check_sigma_value(sigma)
+    positive("sigma", sigma)
     eps = np.asarray(_standard_normal(key, data.shape, jax.dtypes.canonicalize_dtype(data.dtype)))
     sharding = jax.tree.leaves(nnx.state(model, nnx.Param))[0].sharding
     s = jax.device_put(jnp.asarray(sigma, eps.dtype), sharding)
@@ -357,30 +346,17 @@ def denoising_errors(
 # Validation
 
 
-def _check_sigma_value(sigma: Any) -> None:
-    if not isinstance(sigma, (int, float, np.floating, np.integer)) or not (
-        math.isfinite(sigma) and sigma > 0
-    ):
-        raise ValueError(f"sigma must be a finite positive number, got {sigma!r}")
-
-
 def _check_sigma(model: nnx.Module, sigma: Any) -> float | tuple[float, float]:
     if isinstance(sigma, (tuple, list)):
-        if len(sigma) != 2:
-            raise ValueError(f"a sigma range must be a pair (lo, hi), got {sigma!r}")
-        lo, hi = sigma
-        _check_sigma_value(lo)
-        _check_sigma_value(hi)
-        if not lo < hi:
-            raise ValueError(f"sigma range (lo, hi) needs lo < hi, got {sigma!r}")
-        if not _noise_conditional(model):
+        lo, hi = positive_range("sigma", sigma, strict=True)
+        if not is_noise_conditional(model):
             raise ValueError(
                 f"sigma={sigma!r} is a range but the model is a fixed-sigma network: pass a "
                 "float, or use a model called as model(y, s)"
             )
-        return float(lo), float(hi)
-    _check_sigma_value(sigma)
-    if _noise_conditional(model):
+        return lo, hi
+    sigma = positive("sigma", sigma)
+    if is_noise_conditional(model):
         raise ValueError(
             f"the model is noise-conditional: pass a noise range sigma=(lo, hi), not {sigma!r}"
         )
@@ -388,7 +364,7 @@ def _check_sigma(model: nnx.Module, sigma: Any) -> float | tuple[float, float]:
         raise ValueError(
             f"the model was built for sigma={model.sigma} but training asked for sigma={sigma}"
         )
-    return float(sigma)
+    return sigma
 
 
 def _check_data(model: nnx.Module, data: Any, name: str) -> np.ndarray:
@@ -411,12 +387,6 @@ def _check_data(model: nnx.Module, data: Any, name: str) -> np.ndarray:
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return data
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _data_mesh(mesh: Mesh | None, batch_size: int) -> Mesh | None:
@@ -621,8 +591,8 @@ def train_denoiser(
         raise TypeError(
             f"model must be a Flax NNX module called as model(y) or model(y, s), got {type(model)}"
         )
-    steps = _check_positive_int("steps", steps)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    steps = positive_int("steps", steps)
+    batch_size = positive_int("batch_size", batch_size)
     sigma = _check_sigma(model, sigma)
     batches = None
     if _is_batch_stream(data):
@@ -648,31 +618,29 @@ def train_denoiser(
             )
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
-    if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
+    positive("learning_rate", learning_rate)
+    if grad_clip is not None:
+        positive("grad_clip", grad_clip)
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
-    eval_every = _check_positive_int("eval_every", eval_every or max(1, steps // 10))
-    checkpoint_every = _check_positive_int(
+    eval_every = positive_int("eval_every", eval_every or max(1, steps // 10))
+    checkpoint_every = positive_int(
         "checkpoint_every", checkpoint_every or max(1, steps // 10)
     )
-    keep_checkpoints = _check_positive_int("keep_checkpoints", keep_checkpoints)
+    keep_checkpoints = positive_int("keep_checkpoints", keep_checkpoints)
     mesh = _data_mesh(mesh, batch_size)
-    _check_json("normalisation", normalisation)
+    check_json("normalisation", normalisation)
     previous: dict[str, Any] = {}
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
-        _base_metadata(model, None)  # an unregistered class fails now, not after training
+        network_metadata(model, FORMAT, None)  # an unregistered class fails now, not after training
         _prepare_checkpoint_dir(checkpoint_dir, overwrite)
         previous = _previous_settings(checkpoint_dir)
     if warmup_steps is None:
         warmup_steps = previous.get("warmup_steps", min(1000, steps // 10))
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
+    warmup_steps = positive_int("warmup_steps", warmup_steps, minimum=0)
 
     if isinstance(model, Denoiser) and not model.noise_conditional:
         model.sigma = sigma
@@ -700,11 +668,11 @@ def train_denoiser(
         eval_sigmas = np.geomspace(sigma[0], sigma[1], 3) if isinstance(sigma, tuple) else [sigma]
     eval_sigmas = np.asarray(eval_sigmas, dtype=np.float64).reshape(-1)
     for s in eval_sigmas:
-        _check_sigma_value(float(s))
+        positive("eval_sigmas", float(s))
 
     start, losses, eval_steps, eval_mse = 0, [], [], []
-    if checkpoint_dir is not None and _step_dirs(checkpoint_dir):
-        start, losses, eval_steps, eval_mse = _newest_intact(
+    if checkpoint_dir is not None and step_paths(checkpoint_dir):
+        start, losses, eval_steps, eval_mse = newest_intact(
             checkpoint_dir,
             lambda path: _resume(path, model, opt, ema_model, train_settings, data_shape),
         )
@@ -777,7 +745,9 @@ def train_denoiser(
 
     postfix: dict[str, str] = {}
     last_time, last_step = time.perf_counter(), start
-    with tqdm(total=steps, initial=start, disable=not progress_bar, desc="train") as bar:
+    manager = None
+    with tqdm(total=steps, initial=start, disable=not progress_bar, desc="train") as bar, \
+            contextlib.ExitStack() as closing:
         for step in range(start, steps):
             pending.append(iteration(train_key, jnp.int32(step), sigma_device))
             done = step + 1
@@ -803,10 +773,12 @@ def train_denoiser(
             if callback is not None:
                 callback(done, metrics)
             if save_now:
+                if manager is None:
+                    manager = step_manager(checkpoint_dir, keep_checkpoints)
+                    closing.callback(manager.close)
                 _save_training_checkpoint(
-                    checkpoint_dir, done, model, opt, ema_model, losses,
-                    eval_steps, eval_sigmas, eval_mse, train_settings, data_shape,
-                    normalisation, keep_checkpoints,
+                    manager, done, model, opt, ema_model, losses, eval_steps, eval_sigmas,
+                    eval_mse, train_settings, data_shape, normalisation,
                 )
 
     return TrainResult(
@@ -821,147 +793,6 @@ def train_denoiser(
 
 # ---------------------------------------------------------------------------
 # Checkpoints
-
-
-def _library_version() -> str:
-    try:
-        return importlib.metadata.version("numpyro-wjs")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _check_json(name: str, value: Any) -> None:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be JSON-serialisable (finite numbers): {err}") from err
-
-
-def _pure_params(model: nnx.Module) -> dict:
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def _abstract(tree: Any) -> Any:
-    """Restore targets: shapes and dtypes of ``tree`` on the default device."""
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
-
-    A checkpoint is then written whole or not at all, and Orbax's background threads
-    are never cut off mid-save (which printed their tracebacks).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[tuple[Any, ...]] = []
-    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        signal.raise_signal(signal.SIGINT)  # to the handler the block displaced
-
-
-def _file_digests(directory: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``directory`` but ``metadata.json``, by relative path."""
-    return {
-        file.relative_to(directory).as_posix(): hashlib.sha256(file.read_bytes()).hexdigest()
-        for file in sorted(directory.rglob("*"))
-        if file.is_file() and file.name != "metadata.json"
-    }
-
-
-def _write_checkpoint(path: Path, items: dict[str, Any], metadata: dict[str, Any]) -> Path:
-    """Write ``items`` (Orbax PyTrees) and ``metadata.json`` atomically to ``path``."""
-    path = Path(path).absolute()
-    if path.exists():
-        raise FileExistsError(f"checkpoint path {path} already exists; choose a new path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with _interrupts_deferred():
-        tmp.mkdir()
-        try:
-            with ocp.StandardCheckpointer() as ckptr:
-                for name, tree in items.items():
-                    ckptr.save(tmp / name, jax.device_get(tree))
-                ckptr.wait_until_finished()
-            files = _file_digests(tmp)
-            write_metadata(tmp / "metadata.json", {**metadata, "items": sorted(items), "files": files})
-            tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return path
-
-
-def register_architecture(cls: type[nnx.Module], name: str | None = None) -> type[nnx.Module]:
-    """Let checkpoints name the network class ``cls`` and ``load_denoiser`` rebuild it.
-
-    A checkpoint stores the class's registered name and ``model.config`` (a dict of
-    JSON-serialisable constructor keyword arguments; ``{}`` when the module has no
-    ``config``); loading calls ``cls(**config, rngs=nnx.Rngs(0))`` and restores the
-    weights. Only classes registered in the running program can be rebuilt: a
-    checkpoint never names code to import. Call it (or use it as a class decorator)
-    before saving or loading. ``MLP`` and ``UNet`` are registered already.
-
-    Parameters
-    ----------
-    cls : type
-        A ``flax.nnx.Module`` subclass whose constructor accepts ``**config`` and
-        ``rngs``.
-    name : str, optional
-        Name stored in checkpoints; default ``cls.__name__``.
-
-    Returns
-    -------
-    type
-        ``cls`` (so that it works as a decorator).
-
-    Raises
-    ------
-    TypeError
-        If ``cls`` is not an NNX module class.
-    ValueError
-        If ``name`` is taken by another class.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
-        raise TypeError(f"register_architecture needs an nnx.Module subclass, got {cls!r}")
-    name = cls.__name__ if name is None else name
-    if ARCHITECTURES.setdefault(name, cls) is not cls:
-        raise ValueError(
-            f"architecture name {name!r} is taken by {ARCHITECTURES[name]}; pass another name="
-        )
-    return cls
-
-
-def _architecture_name(model: nnx.Module) -> str:
-    found = [name for name, cls in ARCHITECTURES.items() if cls is type(model)]
-    if not found:
-        raise TypeError(
-            f"cannot checkpoint {type(model).__qualname__}: register it first with "
-            f"numpyro_wjs.nn.train.register_architecture({type(model).__name__})"
-        )
-    return found[0]
-
-
-def _base_metadata(model: nnx.Module, step: int | None) -> dict[str, Any]:
-    config = getattr(model, "config", {})
-    _check_json(f"{type(model).__name__}.config", config)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
-        "architecture": _architecture_name(model),
-        "config": config,
-        "noise_conditional": _noise_conditional(model),
-        "sigma": getattr(model, "sigma", None),
-        "step": step,
-    }
 
 
 def save_checkpoint(
@@ -998,111 +829,39 @@ def save_checkpoint(
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be a Flax NNX module, got {type(model)}")
-    meta = _base_metadata(model, step)
-    extra = dict(metadata or {})
-    reserved = {"format", "format_version", "architecture", "config", "step", "items", "files", "train"}
-    clash = sorted(set(extra) & reserved)
-    if clash:
-        raise ValueError(f"metadata may not set the reserved entries {clash}")
-    _check_json("metadata", extra)
-    meta.update(extra)
-    items = {"weights": _pure_params(model)}
+    meta = network_metadata(model, FORMAT, step, metadata)
+    items = {"weights": pure_params(model)}
     if optimizer is not None:
         items["train_state"] = {"optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
-    return _write_checkpoint(Path(path), items, meta)
+    return save_network(path, items, meta)
 
 
 def _save_training_checkpoint(
-    directory: Path, step: int, model: nnx.Module, opt: nnx.Optimizer, ema_model: nnx.Module,
-    losses: list[float], eval_steps: list[int], eval_sigmas: np.ndarray,
+    manager: ocp.CheckpointManager, step: int, model: nnx.Module, opt: nnx.Optimizer,
+    ema_model: nnx.Module, losses: list[float], eval_steps: list[int], eval_sigmas: np.ndarray,
     eval_mse: list[list[float]], train_settings: dict[str, Any],
-    data_shape: tuple[int, ...], normalisation: Mapping[str, Any] | None, keep: int,
+    data_shape: tuple[int, ...], normalisation: Mapping[str, Any] | None,
 ) -> None:
-    meta = _base_metadata(ema_model, step)
-    meta.update(
-        sigma=train_settings["sigma"],
-        data_shape=list(data_shape),
-        normalisation=normalisation,
-        train=train_settings,
-        eval_history={
+    meta = network_metadata(ema_model, FORMAT, step, {
+        "sigma": train_settings["sigma"],
+        "data_shape": list(data_shape),
+        "normalisation": normalisation,
+        "eval_history": {
             "steps": list(eval_steps),
             "sigmas": eval_sigmas.tolist(),
             "mse": [list(map(float, row)) for row in eval_mse],
         },
-    )
+    })
+    meta["train"] = train_settings
     items = {
-        "weights": _pure_params(ema_model),
+        "weights": pure_params(ema_model),
         "train_state": {
-            "params": _pure_params(model),
+            "params": pure_params(model),
             "optimizer": nnx.to_pure_dict(nnx.state(opt)),
             "losses": np.asarray(losses, dtype=np.float32),
         },
     }
-    path = directory / f"step_{step:08d}"
-    if path.exists():  # a damaged checkpoint that resuming skipped
-        shutil.rmtree(path)
-    _write_checkpoint(path, items, meta)
-    for old in _step_dirs(directory)[:-keep]:
-        shutil.rmtree(old[1])
-
-
-def _step_dirs(directory: Path) -> list[tuple[int, Path]]:
-    if not directory.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p)
-        for p in directory.iterdir()
-        if p.is_dir() and (m := _STEP_DIR.match(p.name))
-    ]
-    return sorted(found)
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is one checkpoint (rather than a folder of ``step_*`` ones)."""
-    return (path / "metadata.json").exists() or (path / "weights").exists()
-
-
-def _locate(path: str | Path) -> list[Path]:
-    """The checkpoints ``path`` names, to try in order: itself, or its ``step_*``
-    checkpoints from the newest."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is a file; a checkpoint is a directory")
-    if _is_checkpoint(path):
-        return [path]
-    found = [p for _, p in reversed(_step_dirs(path))]
-    if not found:
-        raise FileNotFoundError(
-            f"no checkpoint in {path}: expected metadata.json and weights/, or step_* "
-            "checkpoint directories"
-        )
-    return found
-
-
-class _IncompatibleCheckpoint(CheckpointError):
-    """An intact training checkpoint of another run (other settings): never skipped."""
-
-
-def _newest_intact(path: str | Path, use: Callable[[Path], Any]) -> Any:
-    """``use(checkpoint)`` on the newest checkpoint ``path`` names that ``use`` can read.
-
-    A damaged checkpoint is skipped with a warning; if none can be read, the newest
-    one's ``CheckpointError`` is raised. ``_IncompatibleCheckpoint`` is raised at once.
-    """
-    candidates = _locate(path)
-    first_error = None
-    for checkpoint in candidates:
-        try:
-            return use(checkpoint)
-        except _IncompatibleCheckpoint:
-            raise
-        except CheckpointError as err:
-            first_error = first_error or err
-            if checkpoint is not candidates[-1]:
-                warnings.warn(f"skipping damaged checkpoint ({err})", stacklevel=3)
-    raise first_error
+    save_step(manager, step, items, meta)
 
 
 def check_outside_package(directory: Path, name: str) -> None:
@@ -1124,17 +883,17 @@ def _prepare_checkpoint_dir(directory: Path, overwrite: bool) -> None:
         raise ValueError(f"checkpoint_dir {directory} exists and is not a directory")
     if not directory.is_dir():
         return
-    for tmp in directory.glob(".step_*.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    for entry in directory.iterdir():
+        if ocp.utils.is_tmp_checkpoint(entry):
+            shutil.rmtree(entry, ignore_errors=True)
     if not overwrite:
-        if _is_checkpoint(directory):
+        if is_checkpoint(directory):
             raise FileExistsError(
                 f"{directory} holds a saved model that training would hide from "
                 "load_denoiser; choose another folder or pass overwrite=True (CLI: --overwrite)"
             )
         return
-    for entry in ["metadata.json", "weights", "train_state", *(p.name for _, p in _step_dirs(directory))]:
-        target = directory / entry
+    for target in [*(directory / name for name in _SAVED_MODEL_ENTRIES), *step_paths(directory)]:
         if target.is_dir():
             shutil.rmtree(target)
         else:
@@ -1143,9 +902,9 @@ def _prepare_checkpoint_dir(directory: Path, overwrite: bool) -> None:
 
 def _previous_settings(directory: Path) -> dict[str, Any]:
     """Training settings of the newest readable checkpoint in ``directory`` (or ``{}``)."""
-    for _, path in reversed(_step_dirs(directory)):
+    for path in step_paths(directory):
         try:
-            train = checkpoint_metadata(path).get("train")
+            train = _checked_metadata(path, FORMAT).get("train")
         except (CheckpointError, FileNotFoundError):
             continue
         return train if isinstance(train, dict) else {}
@@ -1160,136 +919,10 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     FileNotFoundError
         If ``path`` does not exist or holds no checkpoint.
     CheckpointError
-        If the metadata is missing, not valid JSON, or lacks required entries, or if a
-        listed item is missing.
+        If the metadata is missing, not valid JSON, or lacks required entries, if a
+        listed item is missing or a file differs from its recorded SHA-256.
     """
-    return _newest_intact(path, _checkpoint_metadata)
-
-
-def _checkpoint_metadata(path: Path) -> dict[str, Any]:
-    meta_path = path / "metadata.json"
-    if not meta_path.exists():
-        raise CheckpointError(f"incomplete checkpoint {path}: weights without metadata.json")
-    meta = _read_json(meta_path)
-    if meta.get("format") == "numpyro_wjs.DigitClassifier":
-        raise CheckpointError(
-            f"{path} holds a digit classifier, not a denoiser: load it with "
-            "numpyro_wjs.nn.classifier.load_classifier"
-        )
-    required = {
-        "format": str,
-        "format_version": int,
-        "architecture": str,
-        "config": dict,
-        "items": list,
-    }
-    for key, kind in required.items():
-        if not isinstance(meta.get(key), kind):
-            raise CheckpointError(
-                f"corrupt checkpoint {path}: metadata.json entry {key!r} is missing or not "
-                f"a {kind.__name__}"
-            )
-    if meta["format"] != FORMAT or meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format {meta['format']!r} version {meta['format_version']}; "
-            f"this library reads {FORMAT!r} up to version {FORMAT_VERSION}"
-        )
-    if meta["architecture"] not in ARCHITECTURES:
-        raise CheckpointError(
-            f"checkpoint {path} names unknown architecture {meta['architecture']!r} (registered: "
-            f"{sorted(ARCHITECTURES)}); register its class with register_architecture first"
-        )
-    if "weights" not in meta["items"]:
-        raise CheckpointError(f"corrupt checkpoint {path}: metadata.json lists no weights item")
-    for item in meta["items"]:
-        if not (path / str(item)).is_dir():
-            raise CheckpointError(f"incomplete checkpoint {path}: metadata.json without {item}/")
-    # Checked before Orbax reads anything: it reports damaged files in pages of log.
-    recorded = meta.get("files", {})
-    if not isinstance(recorded, dict):
-        raise CheckpointError(f"corrupt checkpoint {path}: metadata.json entry 'files' is not a dict")
-    found = _file_digests(path) if recorded else {}
-    damaged = sorted(name for name, digest in recorded.items() if found.get(name) != digest)
-    if damaged:
-        raise CheckpointError(
-            f"damaged checkpoint {path}: {damaged[0]} is missing or differs from its recorded "
-            f"SHA-256 ({len(damaged)} file(s) in all)"
-        )
-    meta["path"] = str(path)
-    return meta
-
-
-def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """``{"a/0/kernel": (shape, dtype)}`` for every array of a (metadata) PyTree."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys): (
-            tuple(leaf.shape),
-            np.dtype(leaf.dtype),
-        )
-        for keys, leaf in flat
-    }
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-    """Silence Orbax's (absl) log while reading: a damaged file is reported once, by us."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        absl.setLevel(level)
-
-
-def _restore(path: Path, target: Any) -> Any:
-    """Restore an Orbax PyTree into the structure, shapes and dtypes of ``target``.
-
-    The stored shapes are compared with the target's before any array is read, so a
-    mismatch is reported by name and nothing is half restored.
-    """
-    abstract = _abstract(target)
-    try:
-        with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
-            item_metadata = ckptr.metadata(path.absolute()).item_metadata
-            if item_metadata is None:
-                raise CheckpointError(
-                    f"cannot restore {path}: its Orbax metadata is missing or corrupt"
-                )
-            stored = _shapes(item_metadata.tree)
-            wanted = _shapes(abstract)
-            for name in sorted(set(stored) | set(wanted)):
-                if stored.get(name) != wanted.get(name):
-                    raise CheckpointError(
-                        f"checkpoint {path} does not match the network: array {name!r} is "
-                        f"{stored.get(name, 'missing')} in the checkpoint, the network needs "
-                        f"{wanted.get(name, 'nothing')} (shape, dtype)"
-                    )
-            restored = ckptr.restore(path.absolute(), abstract)
-    except CheckpointError:
-        raise
-    except Exception as err:  # Orbax/TensorStore raise many types for damaged files
-        raise CheckpointError(f"cannot restore {path}: {type(err).__name__}: {err}") from err
-    for name, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
-        values = np.asarray(leaf)
-        if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
-            raise CheckpointError(
-                f"checkpoint {path} holds non-finite values in {jax.tree_util.keystr(name)}"
-            )
-    return restored
-
-
-def _build(meta: dict[str, Any]) -> nnx.Module:
-    """The network named by the metadata, with placeholder (abstract) weights."""
-    cls = ARCHITECTURES[meta["architecture"]]
-    try:
-        return nnx.eval_shape(lambda: cls(**meta["config"], rngs=nnx.Rngs(0)))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"checkpoint {meta['path']} has an invalid {meta['architecture']} config "
-            f"{meta['config']}: {err}"
-        ) from err
+    return newest_intact(path, lambda checkpoint: _checked_metadata(checkpoint, FORMAT))
 
 
 def load_denoiser(path: str | Path) -> nnx.Module:
@@ -1315,16 +948,7 @@ def load_denoiser(path: str | Path) -> nnx.Module:
         If the checkpoint is incomplete, corrupt, does not match its metadata, names
         an unregistered class, or is a classifier.
     """
-    return _newest_intact(path, _load)
-
-
-def _load(path: Path) -> nnx.Module:
-    meta = _checkpoint_metadata(path)
-    abstract = _build(meta)
-    graphdef, state = nnx.split(abstract)
-    weights = _restore(Path(meta["path"]) / "weights", nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, weights)
-    return nnx.merge(graphdef, state)
+    return load_network(path, FORMAT)[0]
 
 
 def _resume(
@@ -1340,12 +964,12 @@ def _resume(
     A checkpoint of a run with fewer or more ``steps`` is continued: its earlier
     targets are recorded in ``train_settings["continued_from"]``.
     """
-    meta = _checkpoint_metadata(path)
+    meta = _checked_metadata(path, FORMAT)
     if not isinstance(meta.get("train"), dict) or "train_state" not in meta["items"]:
         raise CheckpointError(f"checkpoint {path} was not written by train_denoiser; cannot resume")
     compared = [k for k in train_settings if k not in ("steps", "continued_from")]
     expected = {
-        "architecture": _architecture_name(model),
+        "architecture": architecture_name(model),
         "config": getattr(model, "config", {}),
         "data_shape": list(data_shape),
         **{f"train.{k}": train_settings[k] for k in compared},
@@ -1359,7 +983,7 @@ def _resume(
     differ = [k for k in expected if found[k] != expected[k]]
     if differ:
         details = "; ".join(f"{k}: checkpoint {found[k]!r}, now {expected[k]!r}" for k in differ)
-        raise _IncompatibleCheckpoint(
+        raise IncompatibleCheckpoint(
             f"cannot resume from {path}: settings differ ({details}); use the checkpoint's "
             "settings, a new checkpoint_dir, or overwrite=True (CLI: --overwrite)"
         )
@@ -1367,7 +991,7 @@ def _resume(
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise CheckpointError(f"corrupt checkpoint {path}: invalid step {step!r} in metadata.json")
     if step > train_settings["steps"]:
-        raise _IncompatibleCheckpoint(
+        raise IncompatibleCheckpoint(
             f"cannot resume from {path}: it is at step {step}, beyond steps={train_settings['steps']}; "
             f"pass steps >= {step}"
         )
@@ -1376,19 +1000,20 @@ def _resume(
         earlier.append(meta["train"].get("steps"))
     train_settings["continued_from"] = earlier
     history = meta.get("eval_history", {})
-    target = {
-        "params": _pure_params(model),
-        "optimizer": nnx.to_pure_dict(nnx.state(opt)),
-        "losses": np.zeros(step, np.float32),
-    }
-    train_state = _restore(path / "train_state", target)
-    weights = _restore(path / "weights", _pure_params(ema_model))
-    restored = (
+    restored = restore(path, {
+        "weights": pure_params(ema_model),
+        "train_state": {
+            "params": pure_params(model),
+            "optimizer": nnx.to_pure_dict(nnx.state(opt)),
+            "losses": np.zeros(step, np.float32),
+        },
+    })
+    train_state = restored["train_state"]
+    for module, kind, pure in (
         (model, nnx.Param, train_state["params"]),
-        (ema_model, nnx.Param, weights),
+        (ema_model, nnx.Param, restored["weights"]),
         (opt, ..., train_state["optimizer"]),
-    )
-    for module, kind, pure in restored:
+    ):
         state = nnx.state(module, kind)
         nnx.replace_by_pure_dict(state, pure)
         nnx.update(module, state)
