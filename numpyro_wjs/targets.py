@@ -103,7 +103,16 @@ class _TargetDistribution(dist.Distribution):
 
 
 class _TargetMixin:
-    """Methods shared by both targets: potential and NumPyro model."""
+    """Methods shared by both targets: potential, NumPyro model and pytree flattening."""
+
+    _leaves: tuple[str, ...]  # the array attributes, in the order ``_set`` takes them
+
+    def tree_flatten(self) -> tuple[tuple[Array, ...], None]:
+        return tuple(getattr(self, name) for name in self._leaves), None
+
+    @classmethod
+    def tree_unflatten(cls, aux: None, children: tuple[Array, ...]) -> _TargetMixin:
+        return cls.__new__(cls)._set(*children)
 
     def potential_fn(self, x: Array) -> Array:
         """Potential energy ``U(x) = -log p(x)``, shape ``x.shape[:-1]``."""
@@ -137,6 +146,8 @@ class GaussianMixture(_TargetMixin):
     are given with x64 enabled). Invalid parameters raise ``ValueError``.
     """
 
+    _leaves = ("weights", "means", "scales")
+
     def __init__(self, weights: Any, means: Any, scales: Any):
         dtype = _float_dtype(weights, means, scales)
         weights, means, scales = (jnp.asarray(a, dtype) for a in (weights, means, scales))
@@ -161,13 +172,6 @@ class GaussianMixture(_TargetMixin):
     def _set(self, weights: Array, means: Array, scales: Array) -> GaussianMixture:
         self.weights, self.means, self.scales = weights, means, scales
         return self
-
-    def tree_flatten(self) -> tuple[tuple[Array, Array, Array], None]:
-        return (self.weights, self.means, self.scales), None
-
-    @classmethod
-    def tree_unflatten(cls, aux: None, children: tuple[Array, Array, Array]) -> GaussianMixture:
-        return cls.__new__(cls)._set(*children)
 
     @property
     def K(self) -> int:
@@ -294,6 +298,8 @@ class Gaussian(_TargetMixin):
         Symmetric positive definite covariance, or the diagonal variances.
     """
 
+    _leaves = ("mean", "cov", "chol")
+
     def __init__(self, mean: Any, cov: Any):
         dtype = _float_dtype(mean, cov)
         mean, cov = jnp.atleast_1d(jnp.asarray(mean, dtype)), jnp.asarray(cov, dtype)
@@ -322,13 +328,6 @@ class Gaussian(_TargetMixin):
         self.mean, self.cov = mean, cov
         self.chol = jnp.linalg.cholesky(cov) if chol is None else chol
         return self
-
-    def tree_flatten(self) -> tuple[tuple[Array, Array, Array], None]:
-        return (self.mean, self.cov, self.chol), None
-
-    @classmethod
-    def tree_unflatten(cls, aux: None, children: tuple[Array, Array, Array]) -> Gaussian:
-        return cls.__new__(cls)._set(*children)
 
     @property
     def dim(self) -> int:

@@ -17,7 +17,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import potential_energy
 
 from mc import assert_mean_close, assert_moments_close
-from numpyro_wjs import MALA, ULA, UnderdampedLangevin
+from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ import warnings
 warnings.filterwarnings("error", message="There are not enough devices")
 import jax, jax.numpy as jnp, numpy as np
 from numpyro.infer import MCMC
-from numpyro_wjs import MALA, ULA, UnderdampedLangevin
+from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
 
 assert jax.local_device_count() == 2, jax.devices()
 for cls in (ULA, MALA, UnderdampedLangevin):
@@ -349,3 +349,42 @@ assert az.from_numpyro(mcmc).posterior["a"].shape == (1, 20)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------- structured mass matrix, as NUTS takes it
+_RHO = 0.95
+_BLOCK_COV = np.array([[4.0, _RHO * 2.0 * 0.3], [_RHO * 2.0 * 0.3, 0.09]])  # a, b: scales 2 and 0.3
+
+
+def _block_model():
+    a = numpyro.sample("a", dist.Normal(0.0, 2.0))
+    numpyro.sample("b", dist.Normal(_RHO * 0.3 / 2.0 * a, 0.3 * np.sqrt(1 - _RHO**2)))
+    numpyro.sample("c", dist.Normal(1.0, 0.5))
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: MALA(_block_model, **kw),
+    lambda **kw: UnderdampedLangevin(_block_model, adapt_mass_matrix=True, **kw),
+    lambda **kw: GibbsWalkJump(_block_model, **kw),
+], ids=["MALA", "UnderdampedLangevin", "GibbsWalkJump"])
+def test_structured_dense_mass(make):
+    mcmc = _run(make(dense_mass=[("a", "b")]), num_warmup=1000, num_samples=2000)
+    imm = mcmc.last_state.adapt_state.inverse_mass_matrix
+    assert set(imm) == {("a", "b"), ("c",)}
+    assert imm[("a", "b")].shape == (4, 2, 2) and imm[("c",)].shape == (4, 1)  # a dense block, a diagonal one
+    assert np.all(np.asarray(imm[("a", "b")])[:, 0, 1] > 0)  # the block learned the correlation
+    samples = mcmc.get_samples(group_by_chain=True)
+    ab = np.stack([np.asarray(samples["a"]), np.asarray(samples["b"])], axis=-1)
+    assert_moments_close(ab, np.zeros(2), _BLOCK_COV)
+    assert_mean_close(np.asarray(samples["c"]), 1.0)
+
+
+def test_structured_dense_mass_errors():
+    with pytest.raises(TypeError, match="dense_mass"):
+        MALA(_block_model, dense_mass="yes")
+    with pytest.raises(TypeError, match="dense_mass"):
+        MALA(_block_model, dense_mass=[("a", 3)])
+    with pytest.raises(ValueError, match="'zz'"):
+        _run(MALA(_block_model, dense_mass=[("a", "zz")]), num_chains=1)
+    with pytest.raises(ValueError, match="needs a `model`"):
+        _run(MALA(potential_fn=lambda z: jnp.sum(z**2), dense_mass=[("x",)]), num_chains=1, init_params=jnp.zeros(2))

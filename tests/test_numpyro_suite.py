@@ -54,7 +54,8 @@ KERNEL_NAMES = list(KERNELS)
 
 
 def accepts_dense_mass(name):
-    return "dense_mass" in inspect.signature(KERNELS[name][0]).parameters
+    cls = KERNELS[name][0]
+    return any("dense_mass" in inspect.signature(c.__init__).parameters for c in cls.__mro__ if "__init__" in vars(c))
 
 
 # (kernel, dense_mass) pairs: dense only for the kernels that have a dense mass matrix

@@ -105,44 +105,37 @@ def metric(inverse_mass_matrix: Array) -> Metric:
     return Metric(c, solve_triangular(sqrt_inv, jnp.identity(c.shape[0], c.dtype), lower=True), sqrt_inv)
 
 
-def _dense(m: Metric) -> bool:
-    return jnp.ndim(m.inverse_mass_matrix) == 2
+def _times(matrix: Array, v: Array, transpose: bool = False) -> Array:
+    """``matrix @ v`` (``matrix.T @ v`` if ``transpose``) for a dense matrix; ``matrix * v`` for a diagonal."""
+    if jnp.ndim(matrix) == 2:
+        return (matrix.T if transpose else matrix) @ v
+    return matrix * v
 
 
 def _apply_c(m: Metric | None, g: Array) -> Array:
     """``C g``."""
-    if m is None:
-        return g
-    return m.inverse_mass_matrix @ g if _dense(m) else m.inverse_mass_matrix * g
+    return g if m is None else _times(m.inverse_mass_matrix, g)
 
 
 def _noise_c(m: Metric | None, eps: Array) -> Array:
     """``S eps ~ N(0, C)`` for ``eps ~ N(0, I)``."""
-    if m is None:
-        return eps
-    return m.mass_matrix_sqrt_inv.T @ eps if _dense(m) else m.mass_matrix_sqrt_inv * eps
+    return eps if m is None else _times(m.mass_matrix_sqrt_inv, eps, transpose=True)
 
 
 def _noise_m(m: Metric | None, xi: Array) -> Array:
     """``L xi ~ N(0, M)`` for ``xi ~ N(0, I)``."""
-    if m is None:
-        return xi
-    return m.mass_matrix_sqrt @ xi if _dense(m) else m.mass_matrix_sqrt * xi
+    return xi if m is None else _times(m.mass_matrix_sqrt, xi)
 
 
 def _sq_norm_c(m: Metric | None, v: Array) -> Array:
     """``v^T C v`` (twice the kinetic energy of ``v`` for mass ``M = C^{-1}``)."""
-    if m is None:
-        return jnp.sum(v * v)
-    w = m.mass_matrix_sqrt_inv @ v if _dense(m) else m.mass_matrix_sqrt_inv * v
+    w = v if m is None else _times(m.mass_matrix_sqrt_inv, v)
     return jnp.sum(w * w)
 
 
 def _sq_norm_m(m: Metric | None, v: Array) -> Array:
     """``v^T M v``."""
-    if m is None:
-        return jnp.sum(v * v)
-    w = m.mass_matrix_sqrt.T @ v if _dense(m) else m.mass_matrix_sqrt * v
+    w = v if m is None else _times(m.mass_matrix_sqrt, v, transpose=True)
     return jnp.sum(w * w)
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import random, vmap
 from jax.flatten_util import ravel_pytree
+from numpyro.infer.hmc_util import warmup_adapter
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
@@ -26,7 +27,7 @@ from numpyro.util import is_prng_key
 from numpyro_wjs.core import langevin as core
 from numpyro_wjs.infer.sources import check_source, init_model, make_source, postprocess
 
-__all__ = ["Kernel", "STEP_COLLAPSE_FRACTION", "as_float", "split_keys", "metric_of"]
+__all__ = ["Kernel", "STEP_COLLAPSE_FRACTION", "as_float", "split_keys", "metric_of", "check_mass"]
 
 #: A warmup that ends with a step size below this fraction of the initial one warns.
 STEP_COLLAPSE_FRACTION = 1e-3
@@ -48,9 +49,72 @@ def as_float(tree):
     return jax.tree.map(cast, tree)
 
 
-def metric_of(adapt_state) -> core.Metric:
-    """The ``core.Metric`` held by a ``numpyro.infer.hmc_util.HMCAdaptState``."""
-    return core.Metric(adapt_state.inverse_mass_matrix, adapt_state.mass_matrix_sqrt, adapt_state.mass_matrix_sqrt_inv)
+def check_mass(dense_mass, inverse_mass_matrix, default=False):
+    """``(dense_mass, inverse_mass_matrix)`` checked, as NUTS takes them.
+
+    ``dense_mass``: a bool, or a list of tuples of site names, each a dense block of a
+    block-diagonal mass matrix (the other sites diagonal); ``None`` is ``default``, or,
+    when ``inverse_mass_matrix`` is given, dense where it is a matrix.
+    ``inverse_mass_matrix``: ``(d,)``, ``(d, d)``, or a dict of blocks keyed by tuples
+    of site names.
+    """
+    if isinstance(inverse_mass_matrix, dict):
+        inverse_mass_matrix = {tuple(k): jnp.asarray(v) for k, v in inverse_mass_matrix.items()}
+        if dense_mass is None:
+            dense_mass = [k for k, v in inverse_mass_matrix.items() if v.ndim == 2]
+    elif inverse_mass_matrix is not None:
+        inverse_mass_matrix = jnp.asarray(inverse_mass_matrix)
+        core.metric(inverse_mass_matrix)  # validates the shape
+        if dense_mass is None:
+            dense_mass = inverse_mass_matrix.ndim == 2
+    dense_mass = default if dense_mass is None else dense_mass
+    if isinstance(dense_mass, bool) and not isinstance(inverse_mass_matrix, dict):
+        return dense_mass, inverse_mass_matrix
+    if not (
+        isinstance(dense_mass, list)
+        and all(isinstance(b, tuple) and b and all(isinstance(s, str) for s in b) for b in dense_mass)
+    ):
+        raise TypeError(
+            "`dense_mass` must be True, False, or a list of tuples of site names such as "
+            f"[('a', 'b'), ('c',)] (with a dict `inverse_mass_matrix`), got {dense_mass!r}."
+        )
+    return dense_mass, inverse_mass_matrix
+
+
+def site_index(example, blocks) -> dict[str, np.ndarray]:
+    """Flat position (``ravel_pytree`` order) of every entry of each site of ``example``."""
+    if not isinstance(example, dict):
+        raise ValueError("a structured `dense_mass` names sites: it needs a `model` (or dict-valued positions).")
+    missing = sorted({s for b in blocks for s in b} - set(example))
+    if missing:
+        raise ValueError(f"`dense_mass` names sites {missing} that the model does not have; it has {sorted(example)}.")
+    index, start = {}, 0
+    for name in sorted(example):  # the order of ravel_pytree on a dict
+        size = int(np.size(example[name]))
+        index[name] = np.arange(start, start + size)
+        start += size
+    return index
+
+
+def metric_of(adapt_state, index: dict[str, np.ndarray] | None = None) -> core.Metric:
+    """The ``core.Metric`` of a ``numpyro.infer.hmc_util.HMCAdaptState``.
+
+    A structured mass matrix (dicts of blocks keyed by site names) becomes the dense
+    block-diagonal matrices on the flat position, with the sites' positions ``index``.
+    """
+    parts = (adapt_state.inverse_mass_matrix, adapt_state.mass_matrix_sqrt, adapt_state.mass_matrix_sqrt_inv)
+    if not isinstance(parts[0], dict):
+        return core.Metric(*parts)
+    d = sum(i.size for i in index.values())
+
+    def assemble(blocks):
+        out = jnp.zeros((d, d), next(iter(blocks.values())).dtype)
+        for sites, block in blocks.items():
+            idx = np.concatenate([index[s] for s in sites])
+            out = out.at[np.ix_(idx, idx)].set(block) if block.ndim == 2 else out.at[idx, idx].set(block)
+        return out
+
+    return core.Metric(*map(assemble, parts))
 
 
 def _warn_step_collapse(kernel: str, step_size, initial: float) -> None:
@@ -89,6 +153,9 @@ class Kernel(MCMCKernel):
     _sample_fn = None  # set by init; numpyro.infer.MCMC calls init again while it is None
     _potential_fn_gen = None
     _postprocess_fn_gen = None
+    _dense_mass = False
+    _site_index = None  # flat positions of the sites, for a structured mass matrix
+    _unravel = None
 
     def _set_source(self, model, potential_fn, score_fn, init_strategy, *, needs_potential: bool) -> None:
         check_source(type(self).__name__, model, potential_fn, score_fn, needs_potential=needs_potential)
@@ -169,9 +236,37 @@ class Kernel(MCMCKernel):
             return make_source(z, potential_fn=potential_fn)
         return make_source(z, self._potential_fn, self._score_fn)
 
+    def _adapter(self, num_warmup, example, *, adapt_step_size, adapt_mass_matrix, target_accept_prob):
+        """``warmup_adapter`` for this kernel's ``dense_mass``; returns the initial adaptation state
+        as a function of ``(x, key, step_size, inverse_mass_matrix)`` at the flat position ``x``."""
+        _, self._unravel = ravel_pytree(example)
+        structured = not isinstance(self._dense_mass, bool)
+        self._site_index = site_index(example, self._dense_mass) if structured else None
+        wa_init, self._wa_update = warmup_adapter(
+            num_warmup,
+            adapt_step_size=adapt_step_size,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=self._dense_mass,
+            target_accept_prob=target_accept_prob,
+        )
+
+        def init(x, key, step_size, inverse_mass_matrix=None):
+            wa = wa_init((self._sites(x),), key, step_size, inverse_mass_matrix=inverse_mass_matrix,
+                         mass_matrix_size=x.shape[0])
+            return wa._replace(rng_key=None)
+
+        return init
+
+    def _sites(self, x):
+        """The flat position as the adapter sees it: by site for a structured mass matrix."""
+        return x if self._site_index is None else self._unravel(x)
+
+    def _metric(self, adapt_state) -> core.Metric:
+        return metric_of(adapt_state, self._site_index)
+
     def _adapt(self, i, accept_prob, x, adapt_state, warmup: bool):
         """Warmup update of the step size and mass matrix at the flat position ``x``."""
-        return self._wa_update(i, accept_prob, (x,), adapt_state) if warmup else adapt_state
+        return self._wa_update(i, accept_prob, (self._sites(x),), adapt_state) if warmup else adapt_state
 
     def _running_mean(self, mean, value, i, warmup: bool):
         """Mean of ``value`` over the current phase (warmup, then sampling) after step ``i``."""

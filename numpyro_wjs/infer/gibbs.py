@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 from jax import random
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.hmc_util import dual_averaging, warmup_adapter
+from numpyro.infer.hmc_util import dual_averaging
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_wjs import validation
 from numpyro_wjs.core import gibbs
-from numpyro_wjs.infer.base import Kernel, metric_of
+from numpyro_wjs.infer.base import Kernel, check_mass
 from numpyro_wjs.infer.sources import check_finite_start
 
 __all__ = ["GibbsWalkJump", "GibbsWalkJumpState"]
@@ -79,6 +79,9 @@ class GibbsWalkJump(Kernel):
         Initial MALA step size; default ``0.25 * sigma**2`` (lower end of the range).
     adapt_step_size, adapt_mass_matrix : bool
         Warmup adaptation of the MALA step (default True for both).
+    dense_mass : bool or list of tuples
+        Dense rather than diagonal MALA mass matrix, or dense blocks of sites as in
+        NUTS (``[("a", "b")]``). Default False.
     adapt_sigma : bool, optional
         Adapt the lower end of the noise range (default: when ``sigma`` is None).
     target_hop_accept_prob : float
@@ -113,6 +116,7 @@ class GibbsWalkJump(Kernel):
         step_size: float | None = None,
         adapt_step_size: bool = True,
         adapt_mass_matrix: bool = True,
+        dense_mass: bool | list[tuple[str, ...]] = False,
         adapt_sigma: bool | None = None,
         target_hop_accept_prob: float = 0.3,
         init_strategy=init_to_uniform,
@@ -132,6 +136,7 @@ class GibbsWalkJump(Kernel):
         self._target_hop = validation.probability("target_hop_accept_prob", target_hop_accept_prob)
         self._adapt_step_size = adapt_step_size
         self._adapt_mass_matrix = adapt_mass_matrix
+        self._dense_mass, _ = check_mass(dense_mass, None)
 
     # -- MCMCKernel interface ---------------------------------------------------------
     @property
@@ -153,9 +158,9 @@ class GibbsWalkJump(Kernel):
         rng_key, init_params, example = self._initial_params(
             rng_key, num_warmup, init_params, model_args, model_kwargs
         )
-        dim = ravel_pytree(example)[0].shape[0]
-        wa_init, self._wa_update = warmup_adapter(
+        wa_init = self._adapter(
             num_warmup,
+            example,
             adapt_step_size=self._adapt_step_size,
             adapt_mass_matrix=self._adapt_mass_matrix,
             target_accept_prob=0.574,
@@ -168,7 +173,7 @@ class GibbsWalkJump(Kernel):
             source = self._source(z, model_args, model_kwargs)
             x = ravel_pytree(z)[0]
             logp, g = jax.value_and_grad(source.logdensity)(x)
-            wa = wa_init((x,), key_wa, step0, mass_matrix_size=dim)._replace(rng_key=None)
+            wa = wa_init(x, key_wa, step0)
             sigma = jnp.asarray(self._sigma0, x.dtype)
             zero = jnp.zeros((), x.dtype)
             return GibbsWalkJumpState(
@@ -195,7 +200,7 @@ class GibbsWalkJump(Kernel):
         adapt = state.adapt_state
         point = gibbs.GibbsPoint(x, -state.potential_energy, state.score)
         point, info = gibbs.denoise_step(
-            key_denoise, point, y, source.logdensity, sigma, adapt.step_size, self._num_mala_steps, metric_of(adapt)
+            key_denoise, point, y, source.logdensity, sigma, adapt.step_size, self._num_mala_steps, self._metric(adapt)
         )
         adapt = self._adapt(i, info.mala_accept_prob, point.z, adapt, warmup)
         sigma_base, sigma_state = state.sigma_base, state.sigma_state

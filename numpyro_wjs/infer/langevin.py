@@ -14,13 +14,12 @@ import jax
 import jax.numpy as jnp
 from jax import random
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.hmc_util import warmup_adapter
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_wjs import validation
 from numpyro_wjs.core import langevin as core
 from numpyro_wjs.core import metropolis
-from numpyro_wjs.infer.base import Kernel, metric_of
+from numpyro_wjs.infer.base import Kernel, check_mass
 from numpyro_wjs.infer.sources import check_finite_start, check_score_output
 
 __all__ = ["ULA", "MALA", "UnderdampedLangevin", "ULAState", "MALAState", "UnderdampedLangevinState"]
@@ -61,6 +60,10 @@ class _LangevinKernel(Kernel):
     """Shared by the Langevin kernels: flat positions, the mass matrix, the warmup correction."""
 
     _needs_potential = False
+    #: the subclass's defaults, used where an argument is left ``None``
+    _default_target_accept_prob = 0.99
+    _default_adapt_mass_matrix = False
+    _default_dense_mass = False
 
     def __init__(
         self,
@@ -69,28 +72,23 @@ class _LangevinKernel(Kernel):
         score_fn=None,
         *,
         step_size=0.1,
-        inverse_mass_matrix=None,
         adapt_step_size=True,
-        adapt_mass_matrix=False,
+        target_accept_prob=None,
+        inverse_mass_matrix=None,
+        adapt_mass_matrix=None,
         dense_mass=None,
-        target_accept_prob=0.574,
         init_strategy=init_to_uniform,
     ):
         self._set_source(model, potential_fn, score_fn, init_strategy, needs_potential=self._needs_potential)
         self._step_size = validation.positive("step_size", step_size)
-        validation.probability("target_accept_prob", target_accept_prob)
-        if inverse_mass_matrix is not None:
-            inverse_mass_matrix = jnp.asarray(inverse_mass_matrix)
-            core.metric(inverse_mass_matrix)  # validates the shape
-        if dense_mass is None:
-            dense_mass = inverse_mass_matrix is not None and inverse_mass_matrix.ndim == 2
-        if not isinstance(dense_mass, bool):
-            raise TypeError("`dense_mass` must be True or False.")
-        self._inverse_mass_matrix = inverse_mass_matrix
+        if target_accept_prob is None:
+            target_accept_prob = self._default_target_accept_prob
+        self._target_accept_prob = validation.probability("target_accept_prob", target_accept_prob)
+        self._dense_mass, self._inverse_mass_matrix = check_mass(
+            dense_mass, inverse_mass_matrix, self._default_dense_mass
+        )
         self._adapt_step_size = adapt_step_size
-        self._adapt_mass_matrix = adapt_mass_matrix
-        self._dense_mass = dense_mass
-        self._target_accept_prob = target_accept_prob
+        self._adapt_mass_matrix = self._default_adapt_mass_matrix if adapt_mass_matrix is None else adapt_mass_matrix
 
     # -- MCMCKernel interface ---------------------------------------------------
     @property
@@ -114,23 +112,22 @@ class _LangevinKernel(Kernel):
             check_score_output(name, self._score_fn, example_z)
         dim = ravel_pytree(example_z)[0].shape[0]
         imm = self._inverse_mass_matrix
-        if imm is not None and imm.shape[0] != dim:
+        if imm is not None and not isinstance(imm, dict) and imm.shape[0] != dim:
             raise ValueError(
                 f"{name}: inverse_mass_matrix has size {imm.shape[0]} but the position has {dim} entries."
             )
-        wa_init, self._wa_update = warmup_adapter(
+        wa_init = self._adapter(
             num_warmup,
+            example_z,
             adapt_step_size=self._adapt_step_size,
             adapt_mass_matrix=self._adapt_mass_matrix,
-            dense_mass=self._dense_mass,
             target_accept_prob=self._target_accept_prob,
         )
 
         def init_one(z, key):
             key, key_wa, key_core = random.split(key, 3)
             x = ravel_pytree(z)[0]
-            wa_state = wa_init((x,), key_wa, self._step_size, inverse_mass_matrix=imm, mass_matrix_size=dim)
-            wa_state = wa_state._replace(rng_key=None)
+            wa_state = wa_init(x, key_wa, self._step_size, imm)
             source = self._source(z, model_args, model_kwargs)
             if source.logdensity is None:
                 logp, score = jnp.zeros((), x.dtype), source.score(x)
@@ -193,7 +190,7 @@ class _LangevinKernel(Kernel):
         source = self._source(state.z, model_args, model_kwargs)
         key = random.split(state.rng_key)[1]
         adapt_state = state.adapt_state
-        return source, key, ravel_pytree(state.z)[0], adapt_state.step_size, metric_of(adapt_state)
+        return source, key, ravel_pytree(state.z)[0], adapt_state.step_size, self._metric(adapt_state)
 
     def _init_state(self, fields, x, key_core):
         raise NotImplementedError
@@ -234,13 +231,15 @@ class ULA(_LangevinKernel):
         Tune ``h`` during warmup (default True).
     target_accept_prob : float
         Computed Metropolis acceptance that the tuning aims at (default 0.99).
-    inverse_mass_matrix : array, optional
-        Preconditioner ``C``: ``(d,)`` diagonal or ``(d, d)`` dense; identity by default.
+    inverse_mass_matrix : array or dict, optional
+        Preconditioner ``C``: ``(d,)`` diagonal or ``(d, d)`` dense, or blocks keyed by
+        tuples of site names (as NUTS takes it); identity by default.
     adapt_mass_matrix : bool
         Estimate ``C`` from warmup draws (windowed Welford, as NUTS does). Default False.
-    dense_mass : bool, optional
-        Dense rather than diagonal adaptation (defaults to the shape of
-        ``inverse_mass_matrix``).
+    dense_mass : bool or list of tuples, optional
+        Dense rather than diagonal adaptation, or, as in NUTS, a list of site-name tuples
+        that form dense blocks (``[("a", "b")]``: ``a`` and ``b`` jointly, the rest
+        diagonal). Defaults to the shape of ``inverse_mass_matrix``, else False.
     init_strategy : callable
         NumPyro init strategy for ``model``.
 
@@ -255,33 +254,6 @@ class ULA(_LangevinKernel):
     >>> mcmc.get_samples().shape
     (1000, 2)
     """
-
-    def __init__(
-        self,
-        model=None,
-        potential_fn=None,
-        score_fn=None,
-        *,
-        step_size=0.1,
-        adapt_step_size=True,
-        target_accept_prob=0.99,
-        inverse_mass_matrix=None,
-        adapt_mass_matrix=False,
-        dense_mass=None,
-        init_strategy=init_to_uniform,
-    ):
-        super().__init__(
-            model,
-            potential_fn,
-            score_fn,
-            step_size=step_size,
-            inverse_mass_matrix=inverse_mass_matrix,
-            adapt_step_size=adapt_step_size,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            target_accept_prob=target_accept_prob,
-            init_strategy=init_strategy,
-        )
 
     def _init_state(self, fields, x, key_core):
         return ULAState(**fields)
@@ -317,10 +289,11 @@ class MALA(_LangevinKernel):
         Acceptance rate that dual averaging aims at.
     adapt_step_size, adapt_mass_matrix : bool
         Warmup adaptation switches (default True).
-    dense_mass : bool
-        Dense rather than diagonal mass matrix.
-    inverse_mass_matrix : array, optional
-        Initial ``C``.
+    dense_mass : bool or list of tuples
+        Dense rather than diagonal mass matrix, or dense blocks of sites as in NUTS
+        (``[("a", "b")]``). Default False.
+    inverse_mass_matrix : array or dict, optional
+        Initial ``C`` (blocks keyed by site names for a structured one).
     init_strategy : callable
         NumPyro init strategy for ``model``.
 
@@ -338,33 +311,8 @@ class MALA(_LangevinKernel):
     """
 
     _needs_potential = True
-
-    def __init__(
-        self,
-        model=None,
-        potential_fn=None,
-        score_fn=None,
-        *,
-        step_size=0.1,
-        target_accept_prob=0.574,
-        adapt_step_size=True,
-        adapt_mass_matrix=True,
-        dense_mass=False,
-        inverse_mass_matrix=None,
-        init_strategy=init_to_uniform,
-    ):
-        super().__init__(
-            model,
-            potential_fn,
-            score_fn,
-            step_size=step_size,
-            inverse_mass_matrix=inverse_mass_matrix,
-            adapt_step_size=adapt_step_size,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            target_accept_prob=target_accept_prob,
-            init_strategy=init_strategy,
-        )
+    _default_target_accept_prob = 0.574
+    _default_adapt_mass_matrix = True
 
     def _init_state(self, fields, x, key_core):
         return MALAState(**fields)
@@ -409,16 +357,12 @@ class UnderdampedLangevin(_LangevinKernel):
     ----------
     model, potential_fn, score_fn
         Exactly one score source.
-    step_size : float
-        Initial (or, without adaptation, fixed) ``h > 0``.
     friction : float
         ``gamma > 0``; ``exp(-gamma h)`` of the velocity survives each step.
-    adapt_step_size : bool
-        Tune ``h`` during warmup (default True).
-    target_accept_prob : float
-        Computed acceptance that the tuning aims at (default 0.99).
-    inverse_mass_matrix, adapt_mass_matrix, dense_mass, init_strategy
-        As for ``ULA``.
+    **kwargs
+        ``step_size``, ``adapt_step_size``, ``target_accept_prob`` (the computed
+        acceptance the tuning aims at), ``inverse_mass_matrix``, ``adapt_mass_matrix``,
+        ``dense_mass`` and ``init_strategy``, with the defaults of ``ULA``.
 
     Example
     -------
@@ -441,37 +385,12 @@ class UnderdampedLangevin(_LangevinKernel):
     True
     """
 
-    def __init__(
-        self,
-        model=None,
-        potential_fn=None,
-        score_fn=None,
-        *,
-        step_size=0.1,
-        friction=1.0,
-        adapt_step_size=True,
-        target_accept_prob=0.99,
-        inverse_mass_matrix=None,
-        adapt_mass_matrix=False,
-        dense_mass=None,
-        init_strategy=init_to_uniform,
-    ):
-        super().__init__(
-            model,
-            potential_fn,
-            score_fn,
-            step_size=step_size,
-            inverse_mass_matrix=inverse_mass_matrix,
-            adapt_step_size=adapt_step_size,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            target_accept_prob=target_accept_prob,
-            init_strategy=init_strategy,
-        )
+    def __init__(self, model=None, potential_fn=None, score_fn=None, *, friction=1.0, **kwargs):
+        super().__init__(model, potential_fn, score_fn, **kwargs)
         self._friction = validation.positive("friction", friction)
 
     def _init_state(self, fields, x, key_core):
-        velocity = core.draw_velocity(key_core, x, metric_of(fields["adapt_state"]))
+        velocity = core.draw_velocity(key_core, x, self._metric(fields["adapt_state"]))
         return UnderdampedLangevinState(velocity=velocity, **fields)
 
     def _step(self, state, model_args, model_kwargs, warmup):
@@ -486,13 +405,14 @@ class UnderdampedLangevin(_LangevinKernel):
         if not (warmup and self._adapt_mass_matrix):
             return out
         # a new mass matrix M (end of an adaptation window): draw the velocity from N(0, M)
-        changed = jnp.any(out.adapt_state.inverse_mass_matrix != state.adapt_state.inverse_mass_matrix)
+        pairs = zip(jax.tree.leaves(out.adapt_state.inverse_mass_matrix), jax.tree.leaves(state.adapt_state.inverse_mass_matrix))
+        changed = jnp.any(jnp.stack([jnp.any(a != b) for a, b in pairs]))
         fresh = self._fresh_velocity(state, out.adapt_state)
         return out._replace(velocity=jnp.where(changed, fresh, out.velocity))
 
     def _fresh_velocity(self, state, adapt_state):
         """``v ~ N(0, M)`` for the metric of ``adapt_state``."""
-        return core.draw_velocity(random.fold_in(state.rng_key, 2), state.velocity, metric_of(adapt_state))
+        return core.draw_velocity(random.fold_in(state.rng_key, 2), state.velocity, self._metric(adapt_state))
 
     def _rejected(self, state, old, warmup):
         """A rejected warmup step draws a fresh velocity (the windows then see a chain that

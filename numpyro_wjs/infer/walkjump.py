@@ -15,7 +15,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax import random
-from numpyro.infer.hmc_util import warmup_adapter
 
 from numpyro_wjs import validation
 from numpyro_wjs.core import walkjump as core
@@ -267,8 +266,9 @@ class WalkJump(Kernel):
             raise ValueError("WalkJump: pass `init_params` (a clean point x0, or y0 with init_noisy=True).")
         rng_key, init_params, x_example = self._initial_params(rng_key, num_warmup, init_params, (), {})
         self._check_denoiser(x_example)
-        wa_init, self._wa_update = warmup_adapter(
+        wa_init = self._adapter(
             num_warmup,
+            jnp.zeros(1, x_example.dtype),  # the walk adapts its step only
             adapt_step_size=self._adapt_step_size,
             adapt_mass_matrix=False,
             target_accept_prob=self._target_accept_prob,
@@ -280,8 +280,7 @@ class WalkJump(Kernel):
             shape = ((self._M,) if self._joint else ()) + x0.shape
             noise = 0.0 if self._init_noisy else self._sigma * normal_like(key_noise, jnp.zeros(shape, x0.dtype))
             st = core.walk_init(jnp.broadcast_to(x0, shape) + noise, score_fn, key_v if self._underdamped else None)
-            wa = wa_init((jnp.zeros(1, x0.dtype),), key_wa, self._step_size, mass_matrix_size=1)
-            wa = self._clip(wa._replace(rng_key=None))
+            wa = self._clip(wa_init(jnp.zeros(1, x0.dtype), key_wa, self._step_size))
             zero = jnp.zeros((), x0.dtype)
             x = self._tweedie(st.y, st.score)
             return WalkJumpState(jnp.array(0), x, st.y, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
