@@ -1,25 +1,28 @@
 """Samplers compared at an equal budget of gradient or denoiser evaluations.
 
-Every sampler runs the same number of chains from the same initial points with the
-same random keys, and its sampling phase is cut to the same number ``B`` of
-evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain:
+Every sampler runs through ``numpyro.infer.MCMC`` with the same number of chains,
+the same initial points and the same random keys (``warmup``, then sampling from
+``post_warmup_state``), and its sampling phase is cut to the same number ``B`` of
+evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain. The
+cost ``e`` of a draw is ``evaluations_per_draw(kernel)``:
 
-* one-evaluation kernels (``ULA``,
-  ``MALA``, ``UnderdampedLangevin``,
-  ``numpyro.infer.BarkerMH``): ``e = 1`` per draw, ``n = floor(B / e)`` draws;
-* ``WalkJump``: ``e = jump_every`` per draw (the jump
-  ``y + sigma^2 grad log p_Y(y)`` is free), plus
-  ``1 + (M - 1)(num_inner_steps + 1)`` in sequential mode with ``M > 1``
-  measurements (one denoiser call for ``E[X | y_1]``, then per extra measurement
-  one for the initial score and one per inner step); the Gibbs walk-jump on a
-  model (``WalkJump(model=...)``): ``1 + num_mala_steps`` gradients per draw
-  (the hop from the noisy point, then the MALA refinement);
-* ``numpyro.infer.HMC`` / ``numpyro.infer.NUTS``: one gradient per
-  leapfrog step, counted exactly from the ``num_steps`` of every draw. Warmup and
-  sampling run in chunks of ``ceil(num_warmup / 4)`` iterations (100 without
-  warmup) until the sampling-phase count (mean over chains) reaches ``B``; the
-  draws are then cut at the last one whose cumulative count is ``<= B`` (the cut
-  draws, at most one chunk, are computed and count in the wall time).
+* ``numpyro.infer.BarkerMH`` and the package's kernels, which state their cost as
+  ``kernel.evaluations_per_draw``: ``ULA``, ``MALA`` and ``UnderdampedLangevin``
+  ``e = 1``; ``WalkJump`` ``e = jump_every`` (the jump ``y + sigma^2 grad log p_Y(y)``
+  is free), plus ``1 + (M - 1)(num_inner_steps + 1)`` in sequential mode with
+  ``M > 1`` measurements (one denoiser call for ``E[X | y_1]``, then per extra
+  measurement one for the initial score and one per inner step); the Gibbs
+  walk-jump on a model (``WalkJump(model=...)``) ``1 + num_mala_steps`` gradients
+  (the hop from the noisy point, then the MALA refinement). One run of
+  ``n = floor(B / e)`` draws, chains vectorized;
+* ``numpyro.infer.HMC`` / ``numpyro.infer.NUTS``: one gradient per leapfrog step,
+  counted exactly from the ``num_steps`` of every draw. Chains run one after another
+  (``lax.map``); sampling runs continue from the last state, each sized for 25 %
+  more than the remaining budget at the leapfrog steps per draw seen so far (at
+  first those of the last quarter of warmup), until the sampling-phase count (mean
+  over chains) reaches ``B``; the draws are then cut at the last one whose
+  cumulative count is ``<= B`` (the cut draws are computed and count in the wall
+  time).
 
 So the evaluations per chain of every run satisfy ``B - c < evaluations <= B``,
 with ``c`` the cost of one more draw (``e``, or for NUTS at most
@@ -100,16 +103,18 @@ class Run:
     data : xarray.DataTree
         ArviZ data: ``posterior`` holds the draws (variable ``"x"`` for array-valued
         samplers, the model's sites otherwise); ``sample_stats`` holds
-        ``diverging``, ``evaluations`` (per draw), and where the kernel has them
-        ``n_steps`` (leapfrog steps), ``acceptance_rate`` and the walk ``y``.
+        ``evaluations`` (per draw) and, where the kernel's state has them,
+        ``diverging``, ``n_steps`` (leapfrog steps), ``acceptance_rate`` (not for
+        the unadjusted ``ULA`` and ``UnderdampedLangevin``), ``hop_acceptance_rate``
+        and the walk ``y``.
     evaluations : float
         Gradient or denoiser evaluations per chain in the sampling phase (mean over
         chains; the same for every chain except for NUTS/HMC).
     evaluations_per_draw : numpy.ndarray
         ``(chain, draw)`` integer evaluations of each kept draw.
     wall_time : float
-        Seconds for warmup plus sampling, compilation included, measured after
-        ``jax.block_until_ready``.
+        Seconds for warmup plus sampling, compilation included, until the draws are
+        on the host.
     num_draws : int
         Kept draws per chain.
     """
@@ -287,8 +292,9 @@ def _map_chains(fn: Callable) -> Callable:
 
 
 def _next_chunk(remaining: float, steps: np.ndarray) -> int:
-    """Draws for the next HMC/NUTS run: ``remaining`` evaluations at the mean of ``steps`` per draw, plus 10 %."""
-    return max(1, math.ceil(1.1 * remaining / max(float(steps.mean()), 1.0)))
+    """Draws for the next HMC/NUTS run: 25 % more than ``remaining`` evaluations take at
+    the mean of ``steps`` per draw, and at least 10 (every run compiles anew)."""
+    return max(10, math.ceil(1.25 * remaining / max(float(steps.mean()), 1.0)))
 
 
 def _run_one(
