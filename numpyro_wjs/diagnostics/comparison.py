@@ -14,7 +14,8 @@ cost ``e`` of a draw is ``evaluations_per_draw(kernel)``:
   measurement one for the initial score and one per inner step); the Gibbs
   walk-jump on a model (``WalkJump(model=...)``) ``1 + num_mala_steps`` gradients
   (the hop from the noisy point, then the MALA refinement). One run of
-  ``n = floor(B / e)`` draws, chains vectorized;
+  ``n = floor(B / e)`` draws (chains vectorized, except BarkerMH's, which run one
+  after another);
 * ``numpyro.infer.HMC`` / ``numpyro.infer.NUTS``: one gradient per leapfrog step,
   counted exactly from the ``num_steps`` of every draw. Chains run one after another
   (``lax.map``); sampling runs continue from the last state, each sized for 25 %
@@ -284,11 +285,20 @@ def _stat_fields(kernel: MCMCKernel, state: Any) -> tuple[str, ...]:
 
 
 def _map_chains(fn: Callable) -> Callable:
-    """HMC/NUTS ``chain_method``: chains one after another in one ``lax.map`` (one compilation).
-
-    Vectorized NUTS would move all chains in lockstep, each waiting for the longest trajectory.
-    """
+    """``chain_method`` running the chains one after another in one ``lax.map`` (one compilation)."""
     return partial(jax.lax.map, fn)
+
+
+def _chain_method(kernel: MCMCKernel, progress_bar: bool) -> str | Callable:
+    """Vectorized chains, except for NumPyro's HMC/NUTS and BarkerMH.
+
+    Those run their chains one after another: vectorized NUTS moves all chains in
+    lockstep, each waiting for the longest trajectory, and BarkerMH takes no batch of
+    keys. With a progress bar: ``"sequential"`` (MCMC shows none for a callable).
+    """
+    if not isinstance(kernel, (HMC, BarkerMH)):
+        return "vectorized"
+    return "sequential" if progress_bar else _map_chains
 
 
 def _next_chunk(remaining: float, steps: np.ndarray) -> int:
@@ -312,7 +322,7 @@ def _run_one(
 ) -> Run:
     """Warmup and sampling of one kernel with ``numpyro.infer.MCMC``; sampling is cut at ``budget``.
 
-    A fixed-cost kernel samples ``budget // cost`` draws in one run, chains vectorized.
+    A fixed-cost kernel samples ``budget // cost`` draws in one run.
     HMC/NUTS run until the mean over chains of their summed ``num_steps`` reaches
     ``budget``, each run continuing from the last state and sized from the leapfrog
     steps per draw seen so far (the last quarter of warmup at first).
@@ -325,7 +335,7 @@ def _run_one(
         num_warmup=num_warmup,
         num_samples=budget // cost if cost is not None else _NUTS_CHUNK,
         num_chains=num_chains,
-        chain_method="vectorized" if cost is not None else ("sequential" if progress_bar else _map_chains),
+        chain_method=_chain_method(kernel, progress_bar),
         progress_bar=progress_bar,
     )
     if num_chains == 1 and init is not None:
@@ -400,9 +410,9 @@ def run_samplers(
         Evaluations of ``grad log p`` (or the denoiser) per chain in the sampling
         phase; warmup is not counted.
     num_chains : int
-        Chains per sampler: vectorized, except HMC/NUTS chains, which run one after
-        another (vectorized NUTS moves all chains in lockstep, each waiting for the
-        longest trajectory).
+        Chains per sampler: vectorized, except those of HMC/NUTS and BarkerMH,
+        which run one after another (vectorized NUTS moves all chains in lockstep,
+        each waiting for the longest trajectory; BarkerMH takes no batch of keys).
     num_warmup : int
         Warmup iterations (adaptation) of every sampler.
     seed : int
