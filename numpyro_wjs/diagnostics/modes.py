@@ -409,7 +409,9 @@ def _read_labels(
         return np.arange(len(chains)), [_check_labels(c) for c in chains]
     da = draws(data, var_name, event_ndim=0 if labeller is None else event_ndim)
     if labeller is None and da.ndim != 2:
-        raise ValueError(f"Mode labels must have shape (chain, draw) or (draw,), got dims {da.dims}; pass a `labeller`.")
+        raise ValueError(
+            f"Mode labels must have shape (chain, draw) or (draw,), got dims {da.dims}; pass a `labeller`."
+        )
     x = np.asarray(da.values)
     C, N = x.shape[:2]
     if labeller is not None:

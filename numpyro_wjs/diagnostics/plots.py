@@ -74,7 +74,9 @@ def _as_draws(obj: Any, var_name: str = "x") -> np.ndarray:
     x = np.asarray(draws(obj, var_name, event_ndim=event_ndim).values)
     x = x.reshape(x.shape[:2] + (-1,))
     if not np.issubdtype(x.dtype, np.number) or x.shape[2] == 0:
-        raise ValueError(f"Draws must be numeric with at least one coordinate, got shape {x.shape} and dtype {x.dtype}.")
+        raise ValueError(
+            f"Draws must be numeric with at least one coordinate, got shape {x.shape} and dtype {x.dtype}."
+        )
     return x.astype(np.float64, copy=False)
 
 
