@@ -8,7 +8,7 @@ import numpyro
 import numpyro.distributions as dist
 import pandas as pd
 import pytest
-from numpyro.infer import NUTS, SA
+from numpyro.infer import NUTS, SA, BarkerMH
 
 from numpyro_wjs import MALA, ULA, GibbsWalkJump, WalkJump
 from numpyro_wjs.diagnostics.comparison import (
@@ -74,6 +74,9 @@ def _check_budgets(runs):
             assert np.all(run.evaluations_per_draw == 1)
             assert run.evaluations == BUDGET and run.num_draws == BUDGET
     assert "y" in runs["WalkJump"].data["sample_stats"]
+    # the unadjusted ULA applies no Metropolis test, so it reports no acceptance
+    assert "acceptance_rate" not in runs["ULA"].data["sample_stats"]
+    assert "acceptance_rate" in runs["MALA"].data["sample_stats"]
 
 
 def _check_hopping(table):
@@ -124,6 +127,17 @@ def test_evaluation_cost_of_the_kernels():
     assert evaluations_per_draw(GibbsWalkJump(GM.model(), num_mala_steps=3)) == 1 + 3  # hop + MALA steps
 
 
+def test_cost_stated_by_the_kernel_and_barker_runs():
+    class TwoScores(ULA):
+        evaluations_per_draw = 2
+
+    assert evaluations_per_draw(TwoScores(score_fn=GM.score)) == 2
+    assert evaluations_per_draw(BarkerMH(GM.model())) == 1
+    run = run_samplers(GM, {"Barker": BarkerMH(GM.model())}, budget=50, num_chains=2, num_warmup=10)["Barker"]
+    assert run.evaluations == 50 and run.num_draws == 50
+    assert set(run.data["sample_stats"].data_vars) == {"acceptance_rate", "evaluations"}
+
+
 def test_walk_jump_sigma_rule():
     # bottleneck distance 10, tau 0.5: sqrt(0.5^2 + sigma^2) = 10 / (2 z)
     assert walk_jump_sigma(GM) == pytest.approx(math.sqrt(2.5**2 - 0.25))
@@ -136,6 +150,9 @@ def test_walk_jump_sigma_rule():
     assert walk_jump_sigma(GaussianMixture([1.0, 1.0], [[0.0], [0.5]], [0.4, 0.6])) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="z"):
         walk_jump_sigma(GM, z=0.0)
+    # coincident means add no gap
+    twin = GaussianMixture([1.0, 1.0, 1.0], [[-5.0], [-5.0], [5.0]], 0.5)
+    assert walk_jump_sigma(twin) == pytest.approx(walk_jump_sigma(GM))
 
 
 def _model():

@@ -189,6 +189,17 @@ def test_attach_round_trip():
         attach(ds, ds)
 
 
+def test_draws_from_a_dict_and_a_run():
+    labels = np.array([[0, 1, 1, 0], [1, 0, 0, 1]])
+    ds = mode_hopping(labels)
+    xr.testing.assert_identical(mode_hopping({"k": labels}), ds)
+
+    class Run:
+        data = az.from_dict({"posterior": {"k": labels}})
+
+    xr.testing.assert_identical(mode_hopping(Run()), ds)
+
+
 @pytest.mark.parametrize(
     "data, kwargs, error, match",
     [

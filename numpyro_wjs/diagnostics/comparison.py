@@ -1,25 +1,29 @@
 """Samplers compared at an equal budget of gradient or denoiser evaluations.
 
-Every sampler runs the same number of chains from the same initial points with the
-same random keys, and its sampling phase is cut to the same number ``B`` of
-evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain:
+Every sampler runs through ``numpyro.infer.MCMC`` with the same number of chains,
+the same initial points and the same random keys (``warmup``, then sampling from
+``post_warmup_state``), and its sampling phase is cut to the same number ``B`` of
+evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain. The
+cost ``e`` of a draw is ``evaluations_per_draw(kernel)``:
 
-* one-evaluation kernels (``ULA``,
-  ``MALA``, ``UnderdampedLangevin``,
-  ``numpyro.infer.BarkerMH``): ``e = 1`` per draw, ``n = floor(B / e)`` draws;
-* ``WalkJump``: ``e = jump_every`` per draw (the jump
-  ``y + sigma^2 grad log p_Y(y)`` is free), plus
-  ``1 + (M - 1)(num_inner_steps + 1)`` in sequential mode with ``M > 1``
-  measurements (one denoiser call for ``E[X | y_1]``, then per extra measurement
-  one for the initial score and one per inner step); the Gibbs walk-jump on a
-  model (``WalkJump(model=...)``): ``1 + num_mala_steps`` gradients per draw
-  (the hop from the noisy point, then the MALA refinement);
-* ``numpyro.infer.HMC`` / ``numpyro.infer.NUTS``: one gradient per
-  leapfrog step, counted exactly from the ``num_steps`` of every draw. Warmup and
-  sampling run in chunks of ``ceil(num_warmup / 4)`` iterations (100 without
-  warmup) until the sampling-phase count (mean over chains) reaches ``B``; the
-  draws are then cut at the last one whose cumulative count is ``<= B`` (the cut
-  draws, at most one chunk, are computed and count in the wall time).
+* ``numpyro.infer.BarkerMH`` and the package's kernels, which state their cost as
+  ``kernel.evaluations_per_draw``: ``ULA``, ``MALA`` and ``UnderdampedLangevin``
+  ``e = 1``; ``WalkJump`` ``e = jump_every`` (the jump ``y + sigma^2 grad log p_Y(y)``
+  is free), plus ``1 + (M - 1)(num_inner_steps + 1)`` in sequential mode with
+  ``M > 1`` measurements (one denoiser call for ``E[X | y_1]``, then per extra
+  measurement one for the initial score and one per inner step); the Gibbs
+  walk-jump on a model (``WalkJump(model=...)``) ``1 + num_mala_steps`` gradients
+  (the hop from the noisy point, then the MALA refinement). One run of
+  ``n = floor(B / e)`` draws (chains vectorized, except BarkerMH's, which run one
+  after another);
+* ``numpyro.infer.HMC`` / ``numpyro.infer.NUTS``: one gradient per leapfrog step,
+  counted exactly from the ``num_steps`` of every draw. Chains run one after another
+  (``lax.map``); sampling runs continue from the last state, each sized for 25 %
+  more than the remaining budget at the leapfrog steps per draw seen so far (at
+  first those of the last quarter of warmup), until the sampling-phase count (mean
+  over chains) reaches ``B``; the draws are then cut at the last one whose
+  cumulative count is ``<= B`` (the cut draws are computed and count in the wall
+  time).
 
 So the evaluations per chain of every run satisfy ``B - c < evaluations <= B``,
 with ``c`` the cost of one more draw (``e``, or for NUTS at most
@@ -40,9 +44,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import arviz as az
@@ -52,15 +56,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from numpyro import handlers
-from numpyro.infer import HMC, NUTS, BarkerMH
+from numpyro.infer import HMC, MCMC, NUTS, BarkerMH
 from numpyro.infer.mcmc import MCMCKernel
-from tqdm.auto import tqdm
+from scipy.sparse import csr_array
+from scipy.sparse.csgraph import minimum_spanning_tree
 
+from numpyro_wjs.diagnostics._draws import dataset, variable
 from numpyro_wjs.diagnostics.modes import mode_hopping
 from numpyro_wjs.infer.langevin import MALA, ULA, UnderdampedLangevin
-from numpyro_wjs.targets import GaussianMixture
-from numpyro_wjs.infer.gibbs import GibbsWalkJump
 from numpyro_wjs.infer.walkjump import WalkJump
+from numpyro_wjs.targets import GaussianMixture
+from numpyro_wjs.validation import positive, positive_int
 
 __all__ = [
     "Run",
@@ -72,7 +78,7 @@ __all__ = [
     "walk_jump_sigma",
 ]
 
-#: Iterations per chunk of an HMC/NUTS run without warmup.
+#: Draws of the first HMC/NUTS run when there was no warmup to estimate the rate from.
 _NUTS_CHUNK = 100
 
 #: Columns of ``summarize`` that need mode labels.
@@ -98,16 +104,18 @@ class Run:
     data : xarray.DataTree
         ArviZ data: ``posterior`` holds the draws (variable ``"x"`` for array-valued
         samplers, the model's sites otherwise); ``sample_stats`` holds
-        ``diverging``, ``evaluations`` (per draw), and where the kernel has them
-        ``n_steps`` (leapfrog steps), ``acceptance_rate`` and the walk ``y``.
+        ``evaluations`` (per draw) and, where the kernel's state has them,
+        ``diverging``, ``n_steps`` (leapfrog steps), ``acceptance_rate`` (not for
+        the unadjusted ``ULA`` and ``UnderdampedLangevin``), ``hop_acceptance_rate``
+        and the walk ``y``.
     evaluations : float
         Gradient or denoiser evaluations per chain in the sampling phase (mean over
         chains; the same for every chain except for NUTS/HMC).
     evaluations_per_draw : numpy.ndarray
         ``(chain, draw)`` integer evaluations of each kept draw.
     wall_time : float
-        Seconds for warmup plus sampling, compilation included, measured after
-        ``jax.block_until_ready``.
+        Seconds for warmup plus sampling, compilation included, until the draws are
+        on the host.
     num_draws : int
         Kept draws per chain.
     """
@@ -124,37 +132,33 @@ class Run:
 def evaluations_per_draw(kernel: MCMCKernel) -> int | None:
     """Evaluations of ``grad log p`` (or of the denoiser) per draw of ``kernel``.
 
-    ``None`` for HMC/NUTS, whose cost varies per draw and is read from ``num_steps``.
-    Raises ``TypeError`` for a kernel whose cost is unknown.
+    ``None`` for HMC/NUTS, whose cost varies per draw and is read from ``num_steps``;
+    1 for ``BarkerMH``; otherwise the kernel's ``evaluations_per_draw`` property (the
+    package's kernels state it). Raises ``TypeError`` for a kernel without one.
     """
     if isinstance(kernel, HMC):
         return None
-    if isinstance(kernel, (WalkJump, GibbsWalkJump)):
-        return kernel.evaluations_per_draw
-    if isinstance(kernel, (ULA, MALA, UnderdampedLangevin, BarkerMH)):
+    if isinstance(kernel, BarkerMH):
         return 1
-    raise TypeError(
-        f"Cannot count the gradient evaluations of a {type(kernel).__name__} kernel; use one of "
-        "NUTS, HMC, BarkerMH, ULA, MALA, UnderdampedLangevin or WalkJump."
-    )
+    cost = getattr(kernel, "evaluations_per_draw", None)
+    if cost is None:
+        raise TypeError(
+            f"Cannot count the gradient evaluations of a {type(kernel).__name__} kernel; use NUTS, HMC, "
+            "BarkerMH or a kernel with an `evaluations_per_draw` property (ULA, MALA, UnderdampedLangevin, "
+            "WalkJump)."
+        )
+    return positive_int(f"{type(kernel).__name__}.evaluations_per_draw", cost)
 
 
 def _bottleneck_distance(means: np.ndarray) -> float:
-    """Longest edge of the Euclidean minimum spanning tree of ``means`` (Prim)."""
+    """Longest edge of the Euclidean minimum spanning tree of ``means``."""
     K = means.shape[0]
-    if K < 2:
-        return 0.0
-    dist = np.linalg.norm(means[:, None] - means[None], axis=-1)
-    in_tree = np.zeros(K, bool)
-    in_tree[0] = True
-    best = dist[0].copy()
-    longest = 0.0
-    for _ in range(K - 1):
-        k = int(np.argmin(np.where(in_tree, np.inf, best)))
-        longest = max(longest, float(best[k]))
-        in_tree[k] = True
-        best = np.minimum(best, dist[k])
-    return longest
+    i, j = np.triu_indices(K, 1)
+    # every pair as an explicit sparse entry: csgraph would read zero (and near-zero)
+    # entries of a dense matrix as missing edges
+    dist = np.linalg.norm(means[i] - means[j], axis=-1)
+    tree = minimum_spanning_tree(csr_array((dist, (i, j)), shape=(K, K)))
+    return float(tree.data.max(initial=0.0))
 
 
 def walk_jump_sigma(target: GaussianMixture, z: float = 2.0) -> float:
@@ -185,8 +189,7 @@ def walk_jump_sigma(target: GaussianMixture, z: float = 2.0) -> float:
     """
     if not isinstance(target, GaussianMixture):
         raise TypeError(f"`target` must be a GaussianMixture, got {type(target).__name__}.")
-    if isinstance(z, bool) or not isinstance(z, numbers.Real) or not (math.isfinite(z) and z > 0):
-        raise ValueError(f"`z` must be a positive finite number, got {z!r}.")
+    z = positive("z", z)
     scales = np.asarray(target.scales, np.float64)
     s = _bottleneck_distance(np.asarray(target.means, np.float64)) / (2.0 * z)
     if s <= scales.max():
@@ -213,14 +216,6 @@ def default_samplers(target: GaussianMixture) -> dict[str, MCMCKernel]:
 
 
 # --------------------------------------------------------------------------- running
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
-    return int(value)
-
-
 def _default_init(target: GaussianMixture, num_chains: int, key: jax.Array) -> jax.Array:
     """All chains at the mean of the heaviest component, jittered by 0.1 of its scale."""
     k = int(np.argmax(np.asarray(target.weights)))
@@ -269,72 +264,47 @@ def _kernel_init(kernel: MCMCKernel, init: Any, num_chains: int, model_args: tup
     return {sites[0]: init}
 
 
-def _extra_fields(kernel: MCMCKernel) -> tuple[str, ...]:
-    """State fields kept as sample stats, besides ``diverging``."""
-    if isinstance(kernel, HMC):
-        return ("num_steps", "accept_prob")
-    if isinstance(kernel, GibbsWalkJump):
-        return ("y", "accept_prob", "hop_accept_prob")
-    if isinstance(kernel, WalkJump):
-        return ("y", "accept_prob")
-    if isinstance(kernel, (MALA, BarkerMH)):
-        return ("accept_prob",)
-    return ()
-
-
+#: State fields kept as sample stats, under their ArviZ names.
 _STAT_NAMES = {
+    "diverging": "diverging",
     "num_steps": "n_steps",
     "accept_prob": "acceptance_rate",
     "hop_accept_prob": "hop_acceptance_rate",
-    "diverging": "diverging",
     "y": "y",
 }
 
 
-def _chunk_fn(kernel: MCMCKernel, length: int, fields: tuple[str, ...], vectorized: bool, model_args, model_kwargs):
-    """Jitted ``state -> (state, draws)``: ``length`` transitions of every chain.
+def _stat_fields(kernel: MCMCKernel, state: Any) -> tuple[str, ...]:
+    """The fields of ``_STAT_NAMES`` that ``state`` has.
 
-    Draws are the kernel's sample field mapped by its ``postprocess_fn`` (constrained
-    values for a model) and the state ``fields``, each ``(chain, length, ...)``.
-    Vectorized: all chains advance together (``vmap``); otherwise one chain after
-    another (``lax.map``).
+    ``accept_prob`` is left out for the unadjusted ``ULA`` and ``UnderdampedLangevin``:
+    there it is the acceptance a Metropolis test would have had, never applied.
     """
-    postprocess = kernel.postprocess_fn(model_args, model_kwargs)
-    if vectorized:
-        postprocess = jax.vmap(postprocess)
-
-    def step(state, _):
-        state = kernel.sample(state, model_args, model_kwargs)
-        out = {name: getattr(state, name) for name in fields}
-        out[""] = postprocess(getattr(state, kernel.sample_field))
-        return state, out
-
-    def run(state):
-        return jax.lax.scan(step, state, length=length)
-
-    if vectorized:
-
-        @jax.jit
-        def chunk(state):
-            state, out = run(state)
-            return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
-
-    else:
-        chunk = jax.jit(lambda state: jax.lax.map(run, state))
-    return chunk
+    unadjusted = isinstance(kernel, (ULA, UnderdampedLangevin))
+    return tuple(f for f in _STAT_NAMES if hasattr(state, f) and not (unadjusted and f == "accept_prob"))
 
 
-def _init_state(kernel, key, init, num_chains, num_warmup, vectorized, model_args, model_kwargs):
-    """Initial state of all chains: batched ``kernel.init``, or one chain at a time, stacked."""
-    keys = jax.random.split(key, num_chains)
-    if vectorized:
-        return kernel.init(keys, num_warmup, init, model_args, model_kwargs)
-    states = [
-        kernel.init(keys[c], num_warmup, None if init is None else jax.tree.map(lambda a: a[c], init),
-                    model_args, model_kwargs)
-        for c in range(num_chains)
-    ]
-    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+def _map_chains(fn: Callable) -> Callable:
+    """``chain_method`` running the chains one after another in one ``lax.map`` (one compilation)."""
+    return partial(jax.lax.map, fn)
+
+
+def _chain_method(kernel: MCMCKernel, progress_bar: bool) -> str | Callable:
+    """Vectorized chains, except for NumPyro's HMC/NUTS and BarkerMH.
+
+    Those run their chains one after another: vectorized NUTS moves all chains in
+    lockstep, each waiting for the longest trajectory, and BarkerMH takes no batch of
+    keys. With a progress bar: ``"sequential"`` (MCMC shows none for a callable).
+    """
+    if not isinstance(kernel, (HMC, BarkerMH)):
+        return "vectorized"
+    return "sequential" if progress_bar else _map_chains
+
+
+def _next_chunk(remaining: float, steps: np.ndarray) -> int:
+    """Draws for the next HMC/NUTS run: 25 % more than ``remaining`` evaluations take at
+    the mean of ``steps`` per draw, and at least 10 (every run compiles anew)."""
+    return max(10, math.ceil(1.25 * remaining / max(float(steps.mean()), 1.0)))
 
 
 def _run_one(
@@ -350,47 +320,59 @@ def _run_one(
     model_args: tuple,
     model_kwargs: dict,
 ) -> Run:
-    """Warmup and sampling of one kernel; the sampling phase is cut at ``budget``."""
+    """Warmup and sampling of one kernel with ``numpyro.infer.MCMC``; sampling is cut at ``budget``.
+
+    A fixed-cost kernel samples ``budget // cost`` draws in one run.
+    HMC/NUTS run until the mean over chains of their summed ``num_steps`` reaches
+    ``budget``, each run continuing from the last state and sized from the leapfrog
+    steps per draw seen so far (the last quarter of warmup at first).
+    """
     cost = evaluations_per_draw(kernel)
     if cost is not None and cost > budget:
         raise ValueError(f"{name}: one draw costs {cost} evaluations, more than budget={budget}.")
-    fields = ("diverging",) + _extra_fields(kernel)
-    vectorized = cost is not None
-    # fixed cost: one loop of warmup + budget // cost draws; HMC/NUTS: chunks until the budget is spent
-    length = num_warmup + budget // cost if vectorized else (-(-num_warmup // 4) or _NUTS_CHUNK)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=budget // cost if cost is not None else _NUTS_CHUNK,
+        num_chains=num_chains,
+        chain_method=_chain_method(kernel, progress_bar),
+        progress_bar=progress_bar,
+    )
+    if num_chains == 1 and init is not None:
+        init = jax.tree.map(lambda a: a[0], init)  # MCMC takes one chain's point unbatched
     start = time.perf_counter()
-    state = _init_state(kernel, key, init, num_chains, num_warmup, vectorized, model_args, model_kwargs)
-    chunk = _chunk_fn(kernel, length, fields, vectorized, model_args, model_kwargs)
-    outputs, done, spent = [], 0, 0.0
-    with tqdm(desc=name, unit="it", total=length if vectorized else None, disable=not progress_bar) as bar:
-        while True:
-            state, out = chunk(state)
-            out = jax.tree.map(np.asarray, out)
-            first = max(num_warmup - done, 0)  # warmup iterations in this chunk
-            done += length
-            bar.update(length)
-            if first < length:
-                out = jax.tree.map(lambda a: a[:, first:], out)
-                outputs.append(out)
-                if vectorized:
-                    break
-                spent += float(out["num_steps"].mean(0).sum())
-                if spent >= budget:
-                    break
+    rate_from_warmup = cost is None and num_warmup > 0
+    mcmc.warmup(key, *model_args, init_params=init, extra_fields=("num_steps",) if rate_from_warmup else (),
+                collect_warmup=rate_from_warmup, **model_kwargs)
+    if rate_from_warmup:
+        warmup_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
+        mcmc.num_samples = _next_chunk(budget, warmup_steps[:, -max(num_warmup // 4, 1):])
+    fields = _stat_fields(kernel, mcmc.post_warmup_state)
+    chunks, spent = [], 0.0
+    while True:
+        mcmc.run(mcmc.post_warmup_state.rng_key, *model_args, extra_fields=fields, **model_kwargs)
+        chunks.append(jax.device_get((mcmc.get_samples(group_by_chain=True),
+                                      mcmc.get_extra_fields(group_by_chain=True))))
+        if cost is not None:
+            break
+        spent += float(chunks[-1][1]["num_steps"].mean(0).sum())
+        if spent >= budget:
+            break
+        mcmc.post_warmup_state = mcmc.last_state
+        mcmc.num_samples = _next_chunk(budget - spent, np.concatenate([c[1]["num_steps"] for c in chunks], 1))
     wall = time.perf_counter() - start
-    out = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *outputs)
-    if vectorized:
-        per_draw = np.full(out["diverging"].shape, cost, np.int64)
+    draws, out = jax.tree.map(lambda *a: np.concatenate(a, axis=1), *chunks)
+    if cost is not None:
+        per_draw = np.full(np.shape(jax.tree.leaves(draws)[0])[:2], cost, np.int64)
     else:
         per_draw = out["num_steps"].astype(np.int64)
         keep = int(np.searchsorted(np.cumsum(per_draw.mean(0)), budget, side="right"))
         if keep < 1:
             raise ValueError(f"{name}: the first draw costs more than budget={budget} evaluations.")
-        out = jax.tree.map(lambda a: a[:, :keep], out)
+        draws, out = jax.tree.map(lambda a: a[:, :keep], (draws, out))
         per_draw = per_draw[:, :keep]
-    draws = out.pop("")
     posterior = dict(draws) if isinstance(draws, Mapping) else {"x": draws}
-    stats = {_STAT_NAMES[k]: v for k, v in out.items()}
+    stats = {_STAT_NAMES[k]: v for k, v in out.items() if k in _STAT_NAMES}
     stats["evaluations"] = per_draw
     return Run(
         name=name,
@@ -428,9 +410,9 @@ def run_samplers(
         Evaluations of ``grad log p`` (or the denoiser) per chain in the sampling
         phase; warmup is not counted.
     num_chains : int
-        Chains per sampler: vectorized, except HMC/NUTS chains, which run one after
-        another (vectorized NUTS moves all chains in lockstep, each waiting for the
-        longest trajectory).
+        Chains per sampler: vectorized, except those of HMC/NUTS and BarkerMH,
+        which run one after another (vectorized NUTS moves all chains in lockstep,
+        each waiting for the longest trajectory; BarkerMH takes no batch of keys).
     num_warmup : int
         Warmup iterations (adaptation) of every sampler.
     seed : int
@@ -443,7 +425,7 @@ def run_samplers(
         jitter: the case where local samplers stay trapped. For a model, ``None``
         lets each kernel's init strategy choose.
     progress_bar : bool
-        A tqdm bar per sampler (iterations of warmup and sampling).
+        ``numpyro.infer.MCMC``'s progress bars (warmup, then each sampling run).
     model_args, model_kwargs
         Arguments of the model(s).
 
@@ -452,10 +434,10 @@ def run_samplers(
     dict of str to Run
         In the order of ``samplers``.
     """
-    budget = _check_int("budget", budget, 1)
-    num_chains = _check_int("num_chains", num_chains, 1)
-    num_warmup = _check_int("num_warmup", num_warmup, 0)
-    seed = _check_int("seed", seed, 0)
+    budget = positive_int("budget", budget)
+    num_chains = positive_int("num_chains", num_chains)
+    num_warmup = positive_int("num_warmup", num_warmup, minimum=0)
+    seed = positive_int("seed", seed, minimum=0)
     model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
     is_mixture = isinstance(target, GaussianMixture)
     if samplers is None:
@@ -498,22 +480,6 @@ def run_samplers(
 
 
 # --------------------------------------------------------------------------- summaries
-def _posterior_var(data: xr.DataTree, var_name: str | None, required: bool) -> str | None:
-    """The posterior variable to label: ``var_name``, ``"x"``, the only one, or ``None`` (all)."""
-    names = list(data["posterior"].data_vars)
-    if var_name is not None:
-        if var_name not in names:
-            raise ValueError(f"`var_name` {var_name!r} is not one of the posterior variables {names}.")
-        return var_name
-    if "x" in names:
-        return "x"
-    if len(names) == 1:
-        return names[0]
-    if not required:
-        return None
-    raise ValueError(f"Pass `var_name`, one of {names}, to choose the draws that get mode labels.")
-
-
 def _extreme(result: xr.DataTree | xr.Dataset, reduce: Callable) -> float:
     """``reduce`` over every variable and coordinate of an ArviZ ``ess``/``rhat`` result."""
     ds = result.to_dataset() if isinstance(result, xr.DataTree) else result
@@ -562,7 +528,7 @@ def summarize(
     for name, run in runs.items():
         if not isinstance(run, Run):
             raise TypeError(f"runs[{name!r}] must be a Run, got {type(run).__name__}.")
-        var = _posterior_var(run.data, var_name, required=labeller is not None)
+        var = variable(dataset(run.data), var_name, prefer="x", required=labeller is not None)
         var_names = None if var is None else [var]
         num_chains = run.evaluations_per_draw.shape[0]
         row: dict[str, Any] = {"sampler": name, "evaluations": run.evaluations, "draws": run.num_draws}

@@ -41,6 +41,9 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
+from numpyro_wjs.diagnostics._draws import draws
+from numpyro_wjs.validation import positive_int
+
 __all__ = ["attach", "classifier_scores", "frechet_distance", "mode_hopping"]
 
 
@@ -59,11 +62,12 @@ def mode_hopping(
 
     Parameters
     ----------
-    data : DataTree, Dataset, DataArray, array or list of 1-D arrays
-        Draws with leading dims ``(chain, draw)`` (xarray: named dims; a DataTree is
-        read from its ``posterior`` group). A bare array of draws is
-        ``(chain, draw, *event)`` or ``(draw, *event)`` (one chain), told apart by
-        ``event_ndim``. Without ``labeller``, ``data`` are integer labels of shape
+    data : DataTree, Dataset, DataArray, dict of arrays, array or list of 1-D arrays
+        Draws with leading dims ``(chain, draw)``, read with ArviZ's
+        ``convert_to_dataset`` (xarray: named dims; a DataTree is read from its
+        ``posterior`` group; a comparison ``Run`` from its ``data``). A bare array
+        of draws is ``(chain, draw, *event)`` or ``(draw, *event)`` (one chain),
+        told apart by ``event_ndim``. Without ``labeller``, ``data`` are integer labels of shape
         ``(chain, draw)`` or ``(draw,)``, or a list of 1-D label arrays, one per
         chain, whose lengths may differ.
     labeller : None, object with ``mode_of`` or callable
@@ -293,8 +297,8 @@ def classifier_scores(
         raise ValueError("draws hold NaN or inf; look at the sampler's `diverging` field first")
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if steps_per_draw < 1 or thin_steps < 1:
-        raise ValueError("steps_per_draw and thin_steps must be >= 1")
+    steps_per_draw = positive_int("steps_per_draw", steps_per_draw)
+    thin_steps = positive_int("thin_steps", thin_steps)
     C, N = x.shape[:2]
 
     def batched(fn, images):
@@ -403,41 +407,16 @@ def _read_labels(
         if not chains or any(c.ndim != 1 for c in chains):
             raise ValueError("A list `data` must hold one 1-D label array per chain.")
         return np.arange(len(chains)), [_check_labels(c) for c in chains]
-    coord = None
-    if isinstance(data, xr.DataTree):
-        if "posterior" not in data.children:
-            raise ValueError("The DataTree has no `posterior` group to read draws from.")
-        data = data["posterior"].to_dataset()
-    if isinstance(data, xr.Dataset):
-        names = list(data.data_vars)
-        if var_name is None and len(names) != 1:
-            raise ValueError(f"Pass `var_name`, one of {names}, to choose the draws.")
-        if (var_name or names[0]) not in names:
-            raise ValueError(f"`var_name` {var_name!r} is not one of {names}.")
-        data = data[var_name or names[0]]
-    if isinstance(data, xr.DataArray):
-        if data.dims[:2] != ("chain", "draw"):
-            if not {"chain", "draw"} <= set(data.dims):
-                raise ValueError(f"Draws need dims ('chain', 'draw', ...), got {data.dims}.")
-            data = data.transpose("chain", "draw", ...)
-        coord = data["chain"].values if "chain" in data.coords else None
-        event_ndim = data.ndim - 2
-    x = np.asarray(data)
-    if labeller is None:
-        event_ndim = 0
-    if x.ndim == event_ndim + 1:
-        x = x[None]
-    if x.ndim != event_ndim + 2:
+    da = draws(data, var_name, event_ndim=0 if labeller is None else event_ndim)
+    if labeller is None and da.ndim != 2:
         raise ValueError(
-            f"Expected shape (chain, draw, *event) or (draw, *event) with {event_ndim} event "
-            f"dims, got {x.shape}; set `event_ndim` for draws."
+            f"Mode labels must have shape (chain, draw) or (draw,), got dims {da.dims}; pass a `labeller`."
         )
+    x = np.asarray(da.values)
     C, N = x.shape[:2]
-    if C == 0 or N == 0:
-        raise ValueError(f"Need at least one chain with draws, got shape {x.shape}.")
     if labeller is not None:
         x = _apply(labeller, x.reshape((C * N,) + x.shape[2:]), batch_size).reshape(C, N)
-    return (np.arange(C) if coord is None else coord), [_check_labels(c) for c in x]
+    return da["chain"].values, [_check_labels(c) for c in x]
 
 
 def _apply(labeller: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -445,8 +424,7 @@ def _apply(labeller: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
     fn: Callable = getattr(labeller, "mode_of", labeller)
     if not callable(fn):
         raise TypeError("`labeller` must have a `mode_of` method or be callable.")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    batch_size = positive_int("batch_size", batch_size)
     bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(1) if np.issubdtype(x.dtype, np.inexact) else np.zeros(0)
     if bad.any():
         raise ValueError(

@@ -5,7 +5,7 @@ Every function draws on new or given axes and returns the
 with the non-interactive ``Agg`` backend. Draws are accepted as
 
 * an ArviZ ``DataTree`` (its ``posterior`` group), an ``xarray`` Dataset or DataArray
-  with dims ``("chain", "draw", ...)``;
+  with dims ``("chain", "draw", ...)``, read with ArviZ's ``convert_to_dataset``;
 * a bare array ``(chain, draw, d)`` (or ``(draw, d)`` for one chain);
 * any object with a ``data`` attribute holding one of the above (a comparison run);
 * a mapping ``name -> one of the above``, drawn as one panel per name.
@@ -40,6 +40,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from numpyro_wjs.diagnostics._draws import dataset, draws, is_array, unwrap
+from numpyro_wjs.validation import positive, positive_int
+
 __all__ = [
     "plot_density_paths",
     "plot_mode_occupancy",
@@ -58,44 +61,32 @@ def _mode_color(k: int) -> tuple[float, float, float, float]:
 
 
 # --------------------------------------------------------------------------- inputs
-def _unwrap(obj: Any) -> Any:
-    """The ``data`` of a comparison run; anything else unchanged."""
-    if hasattr(obj, "data") and not isinstance(obj, (np.ndarray, xr.DataArray, xr.Dataset, xr.DataTree)):
-        return obj.data
-    return obj
+def _as_draws(obj: Any, var_name: str = "x") -> np.ndarray:
+    """Draws of ``var_name`` as a float array ``(chain, draw, d)`` (event dims flattened).
 
-
-def _as_draws(obj: Any, var_name: str = "x", group: str = "posterior") -> np.ndarray:
-    """Draws of ``var_name`` as a float array ``(chain, draw, d)``."""
-    obj = _unwrap(obj)
-    if isinstance(obj, xr.DataTree):
-        if group not in obj.children:
-            raise ValueError(f"The DataTree has no {group!r} group; groups: {list(obj.children)}.")
-        obj = obj[group].to_dataset()
-    if isinstance(obj, xr.Dataset):
-        if var_name not in obj.data_vars:
-            raise ValueError(f"Variable {var_name!r} not found; available: {list(obj.data_vars)}.")
-        obj = obj[var_name]
-    if isinstance(obj, xr.DataArray):
-        if not {"chain", "draw"} <= set(obj.dims):
-            raise ValueError(f"Draws need dims ('chain', 'draw', ...), got {obj.dims}.")
-        obj = obj.transpose("chain", "draw", ...)
-        x = np.asarray(obj.values)
-        x = x.reshape(x.shape[:2] + (-1,))
-    else:
-        x = np.asarray(obj)
-        if x.ndim == 1:
-            x = x[None, :, None]
-        elif x.ndim == 2:
-            x = x[None]
-        elif x.ndim > 3:
-            x = x.reshape(x.shape[:2] + (-1,))
-    if not np.issubdtype(x.dtype, np.number) or x.ndim != 3 or min(x.shape) == 0:
+    A bare array is ``(draw,)``, ``(draw, d)`` or ``(chain, draw, *event)``.
+    """
+    event_ndim = 1
+    if is_array(obj):
+        obj = np.asarray(obj)
+        obj = obj[:, None] if obj.ndim == 1 else obj
+        event_ndim = max(obj.ndim - 2, 1)
+    x = np.asarray(draws(obj, var_name, event_ndim=event_ndim).values)
+    x = x.reshape(x.shape[:2] + (-1,))
+    if not np.issubdtype(x.dtype, np.number) or x.shape[2] == 0:
         raise ValueError(
-            f"Draws must be a non-empty numeric array (chain, draw, d) or (draw, d), got shape "
-            f"{x.shape} and dtype {x.dtype}."
+            f"Draws must be numeric with at least one coordinate, got shape {x.shape} and dtype {x.dtype}."
         )
     return x.astype(np.float64, copy=False)
+
+
+def _sample_stat(item: Any, name: str) -> xr.DataArray | None:
+    """Sample stat ``name`` of a run's DataTree, or None if it has none."""
+    data = unwrap(item)
+    if not isinstance(data, xr.DataTree) or "sample_stats" not in data.children:
+        return None
+    stats = dataset(data, "sample_stats")
+    return stats[name] if name in stats.data_vars else None
 
 
 def _as_mapping(obj: Any) -> dict[str, Any]:
@@ -184,8 +175,7 @@ def plot_trace(
     coords = [int(c) for c in np.atleast_1d(coords)]
     if not coords:
         raise ValueError("`coords` must name at least one coordinate.")
-    if limit is not None and not limit > 0:
-        raise ValueError(f"`limit` must be positive, got {limit}.")
+    limit = None if limit is None else positive("limit", limit)
     nrows, ncols = len(runs), len(coords)
     if ax is None:
         figsize = (7.0 * ncols + 1.6, 2.0 * nrows + 0.6)
@@ -232,13 +222,10 @@ def _positions(item: Any, shape: tuple[int, int], against: str) -> np.ndarray:
     """Horizontal positions ``(chain, draw)``: draw index or cumulative evaluations."""
     if against == "draw":
         return np.broadcast_to(np.arange(shape[1], dtype=np.float64), shape)
-    data = _unwrap(item)
-    if not isinstance(data, xr.DataTree) or "sample_stats" not in data.children:
-        raise ValueError("against='evaluations' needs runs with a sample_stats group holding `evaluations`.")
-    stats = data["sample_stats"].to_dataset()
-    if "evaluations" not in stats.data_vars:
-        raise ValueError("against='evaluations' needs the sample_stats variable `evaluations` (per draw).")
-    evals = np.asarray(stats["evaluations"].transpose("chain", "draw").values, dtype=np.float64)
+    evals = _sample_stat(item, "evaluations")
+    if evals is None:
+        raise ValueError("against='evaluations' needs runs with the sample_stats variable `evaluations` (per draw).")
+    evals = np.asarray(evals.transpose("chain", "draw").values, dtype=np.float64)
     if evals.shape != shape:
         raise ValueError(f"sample_stats `evaluations` has shape {evals.shape}, the draws {shape}.")
     return np.cumsum(evals, axis=1)
@@ -285,9 +272,7 @@ def plot_mode_occupancy(
     matplotlib.figure.Figure
     """
     runs = {name: _as_labels(lab) for name, lab in _as_mapping(labels).items()}
-    K = int(num_modes)
-    if K < 1:
-        raise ValueError(f"`num_modes` must be >= 1, got {num_modes}.")
+    K = positive_int("num_modes", num_modes)
     for name, lab in runs.items():
         if lab.min() < 0 or lab.max() >= K:
             raise ValueError(
@@ -415,11 +400,8 @@ def plot_density_paths(
     for name, x in runs.items():
         if x.shape[2] < 2:
             raise ValueError(f"Draws of {name or 'the run'} have dimension {x.shape[2]}; need at least 2.")
-    if int(max_draws) < 2:
-        raise ValueError(f"`max_draws` must be >= 2, got {max_draws}.")
-    if int(grid_size) < 2:
-        raise ValueError(f"`grid_size` must be >= 2, got {grid_size}.")
-    gx, gy, logp = _grid(target, runs, extent, int(grid_size))
+    max_draws = positive_int("max_draws", max_draws, 2)
+    gx, gy, logp = _grid(target, runs, extent, positive_int("grid_size", grid_size, 2))
     density = np.exp(logp - logp.max())
     n = len(runs)
     ncols = 2 if n == 4 else min(n, 3)
@@ -435,9 +417,9 @@ def plot_density_paths(
         a.contour(gx, gy, density, levels=6, colors="steelblue", linewidths=0.4)
         walk = None
         if show_walk:
-            walk = _walk_of(items[name], var_name)
+            walk = _walk_of(items[name])
         sel = range(x.shape[0]) if chains is None else [int(c) for c in chains]
-        m = min(int(max_draws), x.shape[1])
+        m = min(max_draws, x.shape[1])
         for j, ch in enumerate(sel):
             if not 0 <= ch < x.shape[0]:
                 raise ValueError(f"Chain {ch} does not exist in {name or 'the run'} ({x.shape[0]} chains).")
@@ -458,15 +440,12 @@ def plot_density_paths(
     return fig
 
 
-def _walk_of(item: Any, var_name: str) -> np.ndarray | None:
+def _walk_of(item: Any) -> np.ndarray | None:
     """The walk ``y`` (chain, draw, d) of a walk-jump run, if it is recorded."""
-    data = _unwrap(item)
-    if not isinstance(data, xr.DataTree) or "sample_stats" not in data.children:
+    y = _sample_stat(item, "y")
+    if y is None:
         return None
-    stats = data["sample_stats"].to_dataset()
-    if "y" not in stats.data_vars:
-        return None
-    y = _as_draws(stats["y"])
+    y = _as_draws(y)
     return y if y.shape[2] >= 2 else None
 
 
@@ -533,8 +512,7 @@ def plot_walk_jump_strip(
     if walk.shape != jumps.shape:
         raise ValueError(f"`walk` {walk.shape} and `jumps` {jumps.shape} must have the same shape.")
     N = walk.shape[0]
-    if int(num_frames) < 1:
-        raise ValueError(f"`num_frames` must be >= 1, got {num_frames}.")
+    num_frames = positive_int("num_frames", num_frames)
     if not vmax > vmin:
         raise ValueError(f"Need vmin < vmax, got {vmin}, {vmax}.")
     steps = np.arange(N) if steps is None else np.asarray(steps)
@@ -544,7 +522,7 @@ def plot_walk_jump_strip(
         labels = np.asarray(labels)
         if labels.shape != (N,):
             raise ValueError(f"`labels` must have shape ({N},), got {labels.shape}.")
-    n = min(int(num_frames), N)
+    n = min(num_frames, N)
     idx = np.unique(np.round(np.linspace(0, N - 1, n)).astype(int))
     fig, axes = _new_axes(2, idx.size, fig, (1.1 * idx.size + 0.6, 2.7), layout="compressed")
     for j, t in enumerate(idx):
@@ -594,8 +572,7 @@ def plot_sample_grid(
     """
     im = _as_images(images, "images")
     N = im.shape[0]
-    if int(ncols) < 1:
-        raise ValueError(f"`ncols` must be >= 1, got {ncols}.")
+    ncols = positive_int("ncols", ncols)
     if not vmax > vmin:
         raise ValueError(f"Need vmin < vmax, got {vmin}, {vmax}.")
     if labels is not None:
