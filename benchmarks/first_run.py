@@ -49,7 +49,7 @@ def run_case(name: str) -> dict:
         from numpyro_wjs.nn.pretrained import load_pretrained
 
         net = load_pretrained("mnist")
-        kernel = WalkJump(lambda y, s: net(y, s), 1.0, noise_conditional=True)
+        kernel = WalkJump(net, 1.0)
         mcmc = MCMC(kernel, num_warmup=0, num_samples=100, num_chains=8, chain_method="vectorized",
                     progress_bar=False)
         args, kwargs = (), {"init_params": jnp.zeros((8, 28, 28, 1))}

@@ -53,7 +53,7 @@ SETTINGS = {
 
 
 def run(net, classifier, data, kwargs: dict, args: argparse.Namespace) -> dict:
-    kernel = WalkJump(lambda y, s: net(y, s), SIGMA, noise_conditional=True, **kwargs)
+    kernel = WalkJump(net, SIGMA, **kwargs)
     burn_in = args.steps // 4
 
     def sample(key):

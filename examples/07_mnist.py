@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fast:
         settings["num_measurements"] = 1
     sigma = settings.pop("sigma")
-    kernel = WalkJump(lambda y, s: net(y, s), sigma, noise_conditional=True, **settings)
+    kernel = WalkJump(net, sigma, **settings)
     x0 = jnp.zeros((budget["chains"], 28, 28, 1))
     sampling_start = time.perf_counter()
     jumps, walk, step_size = run_walk_jump(

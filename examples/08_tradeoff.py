@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, (sigma, M, mode) in enumerate(budget["configs"]):
         t = time.perf_counter()
         J = jump_every(M, mode)
-        kernel = WalkJump(lambda y, s: net(y, s), sigma, noise_conditional=True, num_measurements=M,
+        kernel = WalkJump(net, sigma, num_measurements=M,
                           mode=mode, num_inner_steps=INNER_STEPS, jump_every=J)
         # a quarter of the walk steps is burn-in; the same key for every configuration
         jumps = run_walk_jump(kernel, jax.random.fold_in(key, 2), x0, T // 4 // J, (T - T // 4) // J)

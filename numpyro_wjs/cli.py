@@ -357,7 +357,7 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
     if net.noise_conditional:
         settings = dict(MNIST_WALK_JUMP)
         sigma = settings.pop("sigma")
-        kernel = WalkJump(lambda y, s: net(y, s), sigma, noise_conditional=True, **settings)
+        kernel = WalkJump(net, sigma, **settings)
         how = (f"sigma={sigma:g}, {settings['num_measurements']} sequential measurements, "
                f"{settings['jump_every']} walk steps per jump")
     else:

@@ -9,10 +9,10 @@ cost ``e`` of a draw is ``evaluations_per_draw(kernel)``:
 * ``numpyro.infer.BarkerMH`` and the package's kernels, which state their cost as
   ``kernel.evaluations_per_draw``: ``ULA``, ``MALA`` and ``UnderdampedLangevin``
   ``e = 1``; ``WalkJump`` ``e = jump_every`` (the jump ``y + sigma^2 grad log p_Y(y)``
-  is free), plus ``1 + (M - 1)(num_inner_steps + 1)`` in sequential mode with
-  ``M > 1`` measurements (one denoiser call for ``E[X | y_1]``, then per extra
-  measurement one for the initial score and one per inner step); the Gibbs
-  walk-jump on a model (``WalkJump(model=...)``) ``1 + num_mala_steps`` gradients
+  is free), plus ``(M - 1)(num_inner_steps + 1)`` in sequential mode with
+  ``M > 1`` measurements (per extra measurement one call for the initial score and
+  one per inner step); the Gibbs
+  walk-jump on a model (``GibbsWalkJump``) ``1 + num_mala_steps`` gradients
   (the hop from the noisy point, then the MALA refinement). One run of
   ``n = floor(B / e)`` draws (chains vectorized, except BarkerMH's, which run one
   after another);
