@@ -45,7 +45,7 @@ KERNELS = {
     "MALA": MALA,
     "UnderdampedLangevin": lambda potential_fn: UnderdampedLangevin(potential_fn=potential_fn, adapt_mass_matrix=True),
     "ULA": lambda potential_fn: ULA(potential_fn=potential_fn, adapt_mass_matrix=True),
-    "WalkJump(potential_fn)": lambda potential_fn: GibbsWalkJump(potential_fn=potential_fn),
+    "GibbsWalkJump": lambda potential_fn: GibbsWalkJump(potential_fn=potential_fn),
 }
 CHAINS, WARMUP, NUTS_DRAWS = 4, 1000, 2000
 

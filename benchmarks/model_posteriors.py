@@ -151,7 +151,7 @@ def main():
         n_wj = args.budget // per_draw
         mcmc, ind, wall = _run(kernel, model_name, args.warmup, n_wj, args.chains, args.seed,
                                ("hop_accept_prob", "sigma_base"))
-        rows.append(_row("WalkJump(model)", ind, n_wj * per_draw * args.chains, exact[model_name], wall))
+        rows.append(_row("GibbsWalkJump", ind, n_wj * per_draw * args.chains, exact[model_name], wall))
         hop = float(np.mean(mcmc.get_extra_fields()["hop_accept_prob"]))
         sigma = float(np.mean(mcmc.get_extra_fields()["sigma_base"]))
 

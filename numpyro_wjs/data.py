@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from numpyro_wjs.validation import positive_int
+
 if TYPE_CHECKING:
     from numpyro_wjs.targets import GaussianMixture
 
@@ -460,10 +462,8 @@ def mixture_samples(mixture: GaussianMixture, rng_key: Any, n: int) -> np.ndarra
     numpy.ndarray
         ``(n, d)`` float32 array.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}.")
-    draws = np.asarray(mixture.sample(rng_key, (int(n),)))
-    draws = draws.reshape(int(n), -1)
+    n = positive_int("n", n)
+    draws = np.asarray(mixture.sample(rng_key, (n,))).reshape(n, -1)
     return as_array(draws)
 
 

@@ -1,7 +1,7 @@
 """NumPyro's own MCMC kernel tests (``test/infer/test_mcmc.py``), run with this package's kernels.
 
 Every test is parametrised over ``ULA``, ``MALA``, ``UnderdampedLangevin`` and
-``WalkJump(model=...)`` on their default settings (ULA and UnderdampedLangevin with
+``GibbsWalkJump`` on their default settings (ULA and UnderdampedLangevin with
 ``adapt_mass_matrix=True``; ``dense_mass=True`` where NumPyro asks for it and the kernel
 accepts it) in place of HMC/NUTS/SA/BarkerMH.
 

@@ -345,3 +345,28 @@ def test_draws_are_the_site_x_in_numpyro_and_arviz():
     mcmc.run(jax.random.key(0), init_params=jnp.zeros((2, 1)))
     assert set(mcmc.get_samples()) == {"x"} and mcmc.get_samples()["x"].shape == (40, 1)
     assert list(az.from_numpyro(mcmc).posterior.data_vars) == ["x"]
+
+
+def test_walk_jump_step_is_exact_on_a_gaussian():
+    # X ~ N(0, 1), sigma = 0.5: p_Y = N(0, 1.25), on which BAOAB is exact, and the jump
+    # E[X | y] = y / 1.25 has variance 0.8. Four chains of the pure step in a scan.
+    sigma = 0.5
+    score = walkjump.smoothed_score(lambda y: y / (1 + sigma**2), sigma)
+    tweedie = lambda key, y, g: y + sigma**2 * g  # noqa: E731
+
+    def chain(key):
+        key_init, key_run = jax.random.split(key)
+        state = walkjump.walk_init(jnp.zeros(2), score, key_init)
+
+        def body(state, key):
+            state, x, info = walkjump.walk_jump_step(key, state, score, tweedie, sigma, 0.5, num_steps=2)
+            return state, (x, info.diverging)
+
+        return jax.lax.scan(body, state, jax.random.split(key_run, 4000))[1]
+
+    xs, diverging = jax.vmap(chain)(jax.random.split(jax.random.key(0), 4))
+    assert not bool(diverging.any())
+    xs = np.asarray(xs)[:, 500:]  # (chain, draw, 2)
+    for d in range(2):
+        assert_mean_close(xs[..., d], 0.0)
+        assert_mean_close(xs[..., d] ** 2, 1 / (1 + sigma**2), what="E[x^2]")

@@ -561,10 +561,6 @@ def compare(
     target: GaussianMixture | Callable,
     samplers: Mapping[str, MCMCKernel] | None = None,
     *,
-    budget: int = 20_000,
-    num_chains: int = 4,
-    num_warmup: int = 500,
-    seed: int = 0,
     labeller: Any = None,
     weights: Any = None,
     var_name: str | None = None,
@@ -573,13 +569,12 @@ def compare(
     """``run_samplers`` then ``summarize``: one row per sampler at the shared budget.
 
     ``labeller`` defaults to ``target`` when it is a ``GaussianMixture`` (and
-    ``weights`` to its weights). Other keyword arguments (``init``,
-    ``progress_bar``, ``model_args``, ``model_kwargs``) go to ``run_samplers``.
+    ``weights`` to its weights). The other keyword arguments (``budget``,
+    ``num_chains``, ``num_warmup``, ``seed``, ``init``, ``progress_bar``,
+    ``model_args``, ``model_kwargs``) go to ``run_samplers``, with its defaults.
     Under a fixed ``seed`` the table is reproducible except ``wall_time_s``.
     """
-    runs = run_samplers(
-        target, samplers, budget=budget, num_chains=num_chains, num_warmup=num_warmup, seed=seed, **kwargs
-    )
+    runs = run_samplers(target, samplers, **kwargs)
     if labeller is None and isinstance(target, GaussianMixture):
         labeller = target
     return summarize(runs, labeller, weights, var_name=var_name)

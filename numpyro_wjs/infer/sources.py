@@ -24,6 +24,8 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import initialize_model
 from numpyro.util import identity
 
+from numpyro_wjs.validation import check_callable
+
 
 class Source(NamedTuple):
     """Flat-vector views of the target for one set of model arguments."""
@@ -51,8 +53,8 @@ def check_source(kernel: str, model, potential_fn, score_fn, *, needs_potential:
             "unadjusted kernels (ULA, UnderdampedLangevin) which run on a score alone."
         )
     for name, fn in (("model", model), ("potential_fn", potential_fn), ("score_fn", score_fn)):
-        if fn is not None and not callable(fn):
-            raise TypeError(f"{kernel}: `{name}` must be callable, got {type(fn).__name__}.")
+        if fn is not None:
+            check_callable(kernel, name, fn)
 
 
 def init_model(rng_key, model, init_strategy, model_args, model_kwargs, init_params=None):
