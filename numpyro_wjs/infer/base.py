@@ -207,12 +207,14 @@ class Kernel(MCMCKernel):
         return state
 
     # -- shared pieces ------------------------------------------------------------------
-    def _initial_params(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+    def _initial_params(self, rng_key, num_warmup, init_params, model_args, model_kwargs, split_key=True):
         """``(rng_key, init_params, example)``: the model's initial points (unless given), as
-        floats, and one chain's point; records ``num_warmup`` and whether chains are vectorized."""
+        floats, and one chain's point; records ``num_warmup`` and whether chains are vectorized.
+        With ``split_key`` a key for the model's initial points is split off ``rng_key``."""
         self._num_warmup = num_warmup
         self._vectorized = not is_prng_key(rng_key)
-        rng_key, key_model = split_keys(rng_key, 2)
+        if split_key:
+            rng_key, key_model = split_keys(rng_key, 2)
         if self._model is not None:
             init_params, self._potential_fn_gen, self._postprocess_fn_gen = init_model(
                 key_model, self._model, self._init_strategy, model_args, model_kwargs or {}, init_params

@@ -264,7 +264,7 @@ class WalkJump(Kernel):
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
         if init_params is None:
             raise ValueError("WalkJump: pass `init_params` (a clean point x0, or y0 with init_noisy=True).")
-        rng_key, init_params, x_example = self._initial_params(rng_key, num_warmup, init_params, (), {})
+        rng_key, init_params, x_example = self._initial_params(rng_key, num_warmup, init_params, (), {}, split_key=False)
         self._check_denoiser(x_example)
         wa_init = self._adapter(
             num_warmup,
