@@ -5,8 +5,9 @@ the algorithm: the score source (``model``, ``potential_fn`` or ``score_fn``, se
 ``numpyro_wjs.infer.sources``), vectorized chains, the warmup gate, warmup
 adaptation with ``numpyro.infer.hmc_util.warmup_adapter`` and running means. A
 subclass states its algorithm in ``_step(state, model_args, model_kwargs, warmup)``,
-where ``warmup`` is a Python bool: ``sample`` branches on the phase once, outside
-``vmap``, so vectorized chains adapt during warmup only.
+where ``warmup`` is whether step ``state.i`` is a warmup step: a Python bool for
+vectorized chains (``sample`` branches on the phase once, outside ``vmap``, so they
+adapt during warmup only), a traced one for a single chain.
 """
 
 from __future__ import annotations
@@ -184,8 +185,12 @@ class Kernel(MCMCKernel):
             step = partial(self._step, model_args=model_args, model_kwargs=model_kwargs, warmup=warmup)
             return vmap(step) if self._vectorized else step
 
-        i = state.i[0] if self._vectorized else state.i  # vectorized chains move in lockstep
-        new = jax.lax.cond(i < self._num_warmup, run(True), run(False), state)
+        if self._vectorized:  # vectorized chains move in lockstep
+            i = state.i[0]
+            new = jax.lax.cond(i < self._num_warmup, run(True), run(False), state)
+        else:
+            i = state.i
+            new = self._step(state, model_args, model_kwargs, warmup=i < self._num_warmup)
         if self._adapt_step_size and self._step_size is not None and self._num_warmup > 0:
             jax.lax.cond(
                 i + 1 == self._num_warmup,
@@ -197,7 +202,7 @@ class Kernel(MCMCKernel):
             )
         return new
 
-    def _step(self, state, model_args, model_kwargs, warmup: bool):
+    def _step(self, state, model_args, model_kwargs, warmup):
         raise NotImplementedError
 
     def __getstate__(self):
@@ -266,11 +271,16 @@ class Kernel(MCMCKernel):
     def _metric(self, adapt_state) -> core.Metric:
         return metric_of(adapt_state, self._site_index)
 
-    def _adapt(self, i, accept_prob, x, adapt_state, warmup: bool):
+    def _adapt(self, i, accept_prob, x, adapt_state, warmup):
         """Warmup update of the step size and mass matrix at the flat position ``x``."""
-        return self._wa_update(i, accept_prob, (self._sites(x),), adapt_state) if warmup else adapt_state
+        def update(s):
+            return self._wa_update(i, accept_prob, (self._sites(x),), s)
 
-    def _running_mean(self, mean, value, i, warmup: bool):
+        if isinstance(warmup, bool):
+            return update(adapt_state) if warmup else adapt_state
+        return jax.lax.cond(warmup, update, lambda s: s, adapt_state)
+
+    def _running_mean(self, mean, value, i, warmup):
         """Mean of ``value`` over the current phase (warmup, then sampling) after step ``i``."""
-        n = i + 1 if warmup else i + 1 - self._num_warmup
+        n = jnp.where(warmup, i + 1, i + 1 - self._num_warmup)
         return mean + (value - mean) / n

@@ -16,7 +16,7 @@ from numpyro.infer.hmc_util import dual_averaging
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_wjs import validation
-from numpyro_wjs.core import gibbs
+from numpyro_wjs.core import gibbs, metropolis
 from numpyro_wjs.infer.base import Kernel, check_mass
 from numpyro_wjs.infer.sources import check_finite_start
 
@@ -193,8 +193,8 @@ class GibbsWalkJump(Kernel):
         # sigma ~ LogUniform(base, ratio * base), drawn independently of the state: a mixture
         # of exact Gibbs kernels is exact. While sigma is adapted (warmup) only the base is used.
         u = random.uniform(key_sigma, dtype=x.dtype)
-        if self._adapt_sigma and warmup:
-            u = jnp.zeros_like(u)
+        if self._adapt_sigma:
+            u = jnp.where(warmup, 0.0, u)
         sigma = state.sigma_base * self._sigma_ratio**u
         y = gibbs.noise_step(key_noise, x, sigma)
         adapt = state.adapt_state
@@ -204,8 +204,8 @@ class GibbsWalkJump(Kernel):
         )
         adapt = self._adapt(i, info.mala_accept_prob, point.z, adapt, warmup)
         sigma_base, sigma_state = state.sigma_base, state.sigma_state
-        if warmup and self._adapt_sigma:
-            sigma_base, sigma_state = self._adapt_noise(i, info.hop_accept_prob, sigma_base, sigma_state)
+        if self._adapt_sigma:
+            sigma_base, sigma_state = self._adapt_noise(i, warmup, info.hop_accept_prob, sigma_base, sigma_state)
         return GibbsWalkJumpState(
             i + 1,
             source.unravel(point.z),
@@ -224,9 +224,11 @@ class GibbsWalkJump(Kernel):
             rng_key,
         )
 
-    def _adapt_noise(self, i, hop_accept, sigma, sigma_state):
-        """Dual averaging on ``log sigma`` towards ``target_hop_accept_prob`` (a warmup step)."""
+    def _adapt_noise(self, i, warmup, hop_accept, sigma, sigma_state):
+        """Dual averaging on ``log sigma`` towards ``target_hop_accept_prob`` during warmup."""
         # a larger sigma proposes farther hops, which are accepted less often
-        sigma_state = self._sigma_update(self._target_hop - hop_accept, sigma_state)
+        new_state = self._sigma_update(self._target_hop - hop_accept, sigma_state)
         last = i == self._num_warmup - 1
-        return jnp.exp(jnp.where(last, sigma_state[1], sigma_state[0])).astype(sigma.dtype), sigma_state
+        new_sigma = jnp.exp(jnp.where(last, new_state[1], new_state[0]))
+        sigma = jnp.where(warmup, new_sigma, sigma).astype(sigma.dtype)
+        return sigma, metropolis.select(warmup, new_state, sigma_state)

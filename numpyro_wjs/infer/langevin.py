@@ -159,7 +159,7 @@ class _LangevinKernel(Kernel):
         key = random.fold_in(state.rng_key, 1)
         corrected, info = metropolis.metropolis_hastings(key, log_ratio, new_fields, rejected, *new_fields.values())
         # warmup applies the correction (the windows see exact draws); sampling only drops divergent steps
-        new = corrected if warmup else metropolis.select(info.diverging, rejected, new_fields)
+        new = metropolis.select(warmup, corrected, metropolis.select(info.diverging, rejected, new_fields))
         return self._update(state, source, new, info.acceptance_rate, info.diverging, warmup)
 
     def _update(self, state, source, new, accept_prob, diverging, warmup):
@@ -402,7 +402,7 @@ class UnderdampedLangevin(_LangevinKernel):
         fields = {"z": new.position, "velocity": new.velocity, "score": new.score,
                   "potential_energy": potential_energy}
         out = self._finish(state, source, fields, log_ratio, warmup)
-        if not (warmup and self._adapt_mass_matrix):
+        if warmup is False or not self._adapt_mass_matrix:
             return out
         # a new mass matrix M (end of an adaptation window): draw the velocity from N(0, M)
         pairs = zip(jax.tree.leaves(out.adapt_state.inverse_mass_matrix), jax.tree.leaves(state.adapt_state.inverse_mass_matrix))
@@ -418,5 +418,8 @@ class UnderdampedLangevin(_LangevinKernel):
         """A rejected warmup step draws a fresh velocity (the windows then see a chain that
         keeps moving); a step discarded after warmup reverses it (Horowitz 1991), so the
         chain retreats from where the step failed instead of trying it again."""
-        velocity = self._fresh_velocity(state, state.adapt_state) if warmup else -state.velocity
-        return {**old, "velocity": velocity}
+        reverse = -state.velocity
+        if warmup is False:
+            return {**old, "velocity": reverse}
+        fresh = self._fresh_velocity(state, state.adapt_state)
+        return {**old, "velocity": jnp.where(warmup, fresh, reverse)}
