@@ -250,7 +250,7 @@ MUTANTS: list[Mutant] = [
            (f"{T_STEP}::test_blow_ups_are_flagged_in_the_first_steps_and_discarded",),
            "only non-finite steps count as divergent: a blow-up runs to 1e17 unflagged"),
     Mutant("discarded_kinetic_step_keeps_velocity", I_LANGEVIN,
-           "if warmup else -state.velocity", "if warmup else state.velocity",
+           "reverse = -state.velocity", "reverse = state.velocity",
            (f"{T_STEP}::test_a_discarded_kinetic_step_reverses_the_velocity",),
            "a divergent kinetic step is retried in the same direction (stuck in a funnel's neck)"),
 ]
