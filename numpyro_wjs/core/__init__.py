@@ -1,1 +1,2 @@
-"""core"""
+"""Pure JAX steps: Metropolis-Hastings, Langevin (ULA, MALA, BAOAB), walk-jump and the
+Gibbs walk-jump moves."""

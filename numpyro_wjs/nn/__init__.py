@@ -1,1 +1,2 @@
-"""nn"""
+"""Neural networks: Flax NNX denoisers and classifier, the optax trainer, orbax
+checkpoints, shipped networks."""
