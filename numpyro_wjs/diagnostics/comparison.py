@@ -322,7 +322,7 @@ def _run_one(
 ) -> Run:
     """Warmup and sampling of one kernel with ``numpyro.infer.MCMC``; sampling is cut at ``budget``.
 
-    A fixed-cost kernel samples ``budget // cost`` draws in one run.
+    A fixed-cost kernel runs warmup and ``budget // cost`` draws in one run.
     HMC/NUTS run until the mean over chains of their summed ``num_steps`` reaches
     ``budget``, each run continuing from the last state and sized from the leapfrog
     steps per draw seen so far (the last quarter of warmup at first).
@@ -340,17 +340,24 @@ def _run_one(
     )
     if num_chains == 1 and init is not None:
         init = jax.tree.map(lambda a: a[0], init)  # MCMC takes one chain's point unbatched
+    if cost is not None:  # the stat fields from one chain's initial state, built off the clock
+        one = init if num_chains == 1 or init is None else jax.tree.map(lambda a: a[0], init)
+        fields = _stat_fields(kernel, kernel.init(key, num_warmup, one, model_args, model_kwargs))
     start = time.perf_counter()
-    rate_from_warmup = cost is None and num_warmup > 0
-    mcmc.warmup(key, *model_args, init_params=init, extra_fields=("num_steps",) if rate_from_warmup else (),
-                collect_warmup=rate_from_warmup, **model_kwargs)
-    if rate_from_warmup:
-        warmup_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
-        mcmc.num_samples = _next_chunk(budget, warmup_steps[:, -max(num_warmup // 4, 1):])
-    fields = _stat_fields(kernel, mcmc.post_warmup_state)
+    if cost is None:
+        rate_from_warmup = num_warmup > 0
+        mcmc.warmup(key, *model_args, init_params=init, extra_fields=("num_steps",) if rate_from_warmup else (),
+                    collect_warmup=rate_from_warmup, **model_kwargs)
+        if rate_from_warmup:
+            warmup_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
+            mcmc.num_samples = _next_chunk(budget, warmup_steps[:, -max(num_warmup // 4, 1):])
+        fields = _stat_fields(kernel, mcmc.post_warmup_state)
     chunks, spent = [], 0.0
     while True:
-        mcmc.run(mcmc.post_warmup_state.rng_key, *model_args, extra_fields=fields, **model_kwargs)
+        if cost is not None:  # warmup and sampling in one run, as a user would
+            mcmc.run(key, *model_args, init_params=init, extra_fields=fields, **model_kwargs)
+        else:
+            mcmc.run(mcmc.post_warmup_state.rng_key, *model_args, extra_fields=fields, **model_kwargs)
         chunks.append(jax.device_get((mcmc.get_samples(group_by_chain=True),
                                       mcmc.get_extra_fields(group_by_chain=True))))
         if cost is not None:

@@ -5,9 +5,8 @@ the algorithm: the score source (``model``, ``potential_fn`` or ``score_fn``, se
 ``numpyro_wjs.infer.sources``), vectorized chains, the warmup gate, warmup
 adaptation with ``numpyro.infer.hmc_util.warmup_adapter`` and running means. A
 subclass states its algorithm in ``_step(state, model_args, model_kwargs, warmup)``,
-where ``warmup`` is whether step ``state.i`` is a warmup step: a Python bool for
-vectorized chains (``sample`` branches on the phase once, outside ``vmap``, so they
-adapt during warmup only), a traced one for a single chain.
+where ``warmup`` (a traced bool, the same for vectorized chains, which move in
+lockstep) says whether step ``state.i`` is a warmup step.
 """
 
 from __future__ import annotations
@@ -181,16 +180,14 @@ class Kernel(MCMCKernel):
         return postprocess(self._postprocess_fn_gen, args, kwargs)
 
     def sample(self, state, model_args, model_kwargs):
-        def run(warmup):
-            step = partial(self._step, model_args=model_args, model_kwargs=model_kwargs, warmup=warmup)
-            return vmap(step) if self._vectorized else step
+        def step(s, warmup):
+            return self._step(s, model_args, model_kwargs, warmup)
 
-        if self._vectorized:  # vectorized chains move in lockstep
-            i = state.i[0]
-            new = jax.lax.cond(i < self._num_warmup, run(True), run(False), state)
-        else:
-            i = state.i
-            new = self._step(state, model_args, model_kwargs, warmup=i < self._num_warmup)
+        # vectorized chains move in lockstep: one unbatched flag, so that a `lax.cond` on it
+        # stays a branch under vmap (a batched one would run the adaptation at every step)
+        i = state.i[0] if self._vectorized else state.i
+        warmup = i < self._num_warmup
+        new = vmap(step, in_axes=(0, None))(state, warmup) if self._vectorized else step(state, warmup)
         if self._adapt_step_size and self._step_size is not None and self._num_warmup > 0:
             jax.lax.cond(
                 i + 1 == self._num_warmup,
@@ -276,8 +273,6 @@ class Kernel(MCMCKernel):
         def update(s):
             return self._wa_update(i, accept_prob, (self._sites(x),), s)
 
-        if isinstance(warmup, bool):
-            return update(adapt_state) if warmup else adapt_state
         return jax.lax.cond(warmup, update, lambda s: s, adapt_state)
 
     def _running_mean(self, mean, value, i, warmup):

@@ -402,7 +402,7 @@ class UnderdampedLangevin(_LangevinKernel):
         fields = {"z": new.position, "velocity": new.velocity, "score": new.score,
                   "potential_energy": potential_energy}
         out = self._finish(state, source, fields, log_ratio, warmup)
-        if warmup is False or not self._adapt_mass_matrix:
+        if not self._adapt_mass_matrix:
             return out
         # a new mass matrix M (end of an adaptation window): draw the velocity from N(0, M)
         pairs = zip(jax.tree.leaves(out.adapt_state.inverse_mass_matrix), jax.tree.leaves(state.adapt_state.inverse_mass_matrix))
@@ -419,7 +419,5 @@ class UnderdampedLangevin(_LangevinKernel):
         keeps moving); a step discarded after warmup reverses it (Horowitz 1991), so the
         chain retreats from where the step failed instead of trying it again."""
         reverse = -state.velocity
-        if warmup is False:
-            return {**old, "velocity": reverse}
         fresh = self._fresh_velocity(state, state.adapt_state)
         return {**old, "velocity": jnp.where(warmup, fresh, reverse)}
