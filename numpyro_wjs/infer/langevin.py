@@ -20,7 +20,7 @@ from numpyro_wjs import validation
 from numpyro_wjs.core import langevin as core
 from numpyro_wjs.core import metropolis
 from numpyro_wjs.infer.base import Kernel, check_mass
-from numpyro_wjs.infer.sources import check_finite_start, check_score_output
+from numpyro_wjs.infer.sources import check_finite_start, check_output_shape
 
 __all__ = ["ULA", "MALA", "UnderdampedLangevin", "ULAState", "MALAState", "UnderdampedLangevinState"]
 
@@ -109,7 +109,7 @@ class _LangevinKernel(Kernel):
             rng_key, num_warmup, init_params, model_args, model_kwargs
         )
         if self._score_fn is not None:
-            check_score_output(name, self._score_fn, example_z)
+            check_output_shape(name, '`score_fn`', self._score_fn, example_z)
         dim = ravel_pytree(example_z)[0].shape[0]
         imm = self._inverse_mass_matrix
         if imm is not None and not isinstance(imm, dict) and imm.shape[0] != dim:

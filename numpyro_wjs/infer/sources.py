@@ -95,23 +95,30 @@ def make_source(example_z, potential_fn=None, score_fn=None) -> Source:
     return Source(score, None, unravel)
 
 
-def check_score_output(kernel: str, score_fn, z) -> None:
-    """``ValueError`` if ``score_fn(z)`` does not have the structure and shapes of ``z``."""
+def check_output_shape(kernel: str, name: str, fn, z, note: str = "") -> None:
+    """``ValueError`` if calling ``fn`` on ``z`` fails or does not return the structure and
+    shapes of ``z`` (a score, or a denoiser's ``E[X | y]``); ``note`` is added to the message."""
     try:
-        out = jax.eval_shape(score_fn, z)
+        out = jax.eval_shape(fn, z)
     except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise ValueError(f"{kernel}: calling score_fn on init_params failed: {e}") from e
+        raise ValueError(f"{kernel}: calling {name} on the initial point failed: {e}") from e
     want = jax.tree.map(lambda a: jnp.shape(a), z)
     got = jax.tree.map(lambda a: jnp.shape(a), out)
     if jax.tree.structure(z) != jax.tree.structure(out) or want != got:
         raise ValueError(
-            f"{kernel}: score_fn must return the gradient with the shape of its input; "
-            f"input shapes {want}, output shapes {got}."
+            f"{kernel}: {name} must return values with the shape of its input; "
+            f"input shapes {want}, output shapes {got}.{note}"
         )
 
 
-def check_finite_start(kernel: str, *arrays) -> None:
-    """``ValueError`` if the initial point has a non-finite density or score.
+def check_finite_start(
+    kernel: str,
+    *arrays,
+    problem: str = "the log density or score is not finite at the initial point",
+    fix: str = "Choose `init_params` inside the support, or check the score function.",
+) -> None:
+    """``ValueError`` (``problem``, then ``fix``) if an initial value in ``arrays``
+    (density, score) is non-finite.
 
     Skipped under tracing (values are not known then).
     """
@@ -120,10 +127,7 @@ def check_finite_start(kernel: str, *arrays) -> None:
     except jax.errors.ConcretizationTypeError:
         return
     if not ok:
-        raise ValueError(
-            f"{kernel}: the log density or score is not finite at the initial point. "
-            "Choose `init_params` inside the support, or check the score function."
-        )
+        raise ValueError(f"{kernel}: {problem}. {fix}")
 
 
 def postprocess(postprocess_fn_gen, model_args, model_kwargs):

@@ -20,6 +20,7 @@ from numpyro_wjs import validation
 from numpyro_wjs.core import walkjump as core
 from numpyro_wjs.core.langevin import normal_like
 from numpyro_wjs.infer.base import Kernel
+from numpyro_wjs.infer.sources import check_finite_start, check_output_shape
 
 Array = jax.Array
 
@@ -250,22 +251,14 @@ class WalkJump(Kernel):
 
         return jump
 
-    def _check_denoiser(self, x):
-        try:
-            out = jax.eval_shape(lambda y: self._denoise(y, self._sigma), x)
-        except Exception as e:  # noqa: BLE001 - re-raised with context
-            raise ValueError(f"WalkJump: calling the denoiser on a point of shape {x.shape} failed: {e}") from e
-        if out.shape != x.shape:
-            raise ValueError(
-                f"WalkJump: the denoiser must return E[X|y] with the shape of y; got {out.shape} for "
-                f"input {x.shape}. It is called on one unbatched point (vmap handles chains)."
-            )
-
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
         if init_params is None:
             raise ValueError("WalkJump: pass `init_params` (a clean point x0, or y0 with init_noisy=True).")
         rng_key, init_params, x_example = self._initial_params(rng_key, num_warmup, init_params, (), {}, split_key=False)
-        self._check_denoiser(x_example)
+        check_output_shape(
+            "WalkJump", "the denoiser", lambda y: self._denoise(y, self._sigma), x_example,
+            " It is called on one unbatched point (vmap handles chains).",
+        )
         wa_init = self._adapter(
             num_warmup,
             jnp.zeros(1, x_example.dtype),  # the walk adapts its step only
@@ -286,15 +279,10 @@ class WalkJump(Kernel):
             return WalkJumpState(jnp.array(0), x, st.y, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
 
         state = self._start(init_one, init_params, rng_key)
-        try:
-            finite = bool(jnp.all(jnp.isfinite(state.score)))
-        except jax.errors.ConcretizationTypeError:
-            finite = True
-        if not finite:
-            raise ValueError(
-                "WalkJump: the denoiser returned non-finite values at the initial point; "
-                "check the denoiser (and its input scaling) and `init_params`."
-            )
+        check_finite_start(
+            "WalkJump", state.score, problem="the denoiser returned non-finite values at the initial point",
+            fix="Check the denoiser (and its input scaling) and `init_params`.",
+        )
         return state
 
     def _clip(self, adapt_state):
