@@ -1,7 +1,8 @@
 """Samplers compared at an equal budget of gradient or denoiser evaluations.
 
 Every sampler runs through ``numpyro.infer.MCMC`` with the same number of chains,
-the same initial points and the same random keys (``warmup``, then sampling from
+the same initial points and the same random keys (a fixed-cost kernel in one run
+with its warmup; HMC/NUTS in ``warmup``, then sampling runs continued from
 ``post_warmup_state``), and its sampling phase is cut to the same number ``B`` of
 evaluations of ``grad log p`` (or of the denoiser, for walk-jump) per chain. The
 cost ``e`` of a draw is ``evaluations_per_draw(kernel)``:
@@ -432,7 +433,7 @@ def run_samplers(
         jitter: the case where local samplers stay trapped. For a model, ``None``
         lets each kernel's init strategy choose.
     progress_bar : bool
-        ``numpyro.infer.MCMC``'s progress bars (warmup, then each sampling run).
+        ``numpyro.infer.MCMC``'s progress bars.
     model_args, model_kwargs
         Arguments of the model(s).
 
