@@ -28,7 +28,7 @@ all ``C`` chains together: the median and the minimum wall time, and the median
 process CPU time (less sensitive to other jobs on the machine). ``compiles`` counts
 XLA compilations during the timed calls (0 means the compiled program was reused).
 
-Run from the repository root::
+Needs BlackJAX (``pip install -e ".[bench]"``). Run from the repository root::
 
     python benchmarks/kernel_overhead.py [--chains 64] [--dim 100] [--steps 2000] [--reps 5]
     python benchmarks/kernel_overhead.py --quick
@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,6 +126,8 @@ def mcmc_loop(
 
 def build_cases(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     """Name -> zero-argument callable whose output is blocked on when timed."""
+    import blackjax
+
     target = make_target(args.dim, args.modes)
     key_init, key_run, key_chains = jax.random.split(jax.random.key(0), 3)
     init = target.sample(key_init, (args.chains,))
@@ -218,6 +219,8 @@ def report(args: argparse.Namespace, res: dict[str, dict[str, float]]) -> None:
 
     def ratio(a: str, b: str) -> str:
         return f"{res[a]['wall'] / res[b]['wall']:6.2f} ({res[a]['cpu'] / res[b]['cpu']:5.2f})"
+
+    import blackjax
 
     print(machine(blackjax=blackjax.__version__))
     print(f"chains={args.chains} dim={args.dim} modes={args.modes} steps={T} reps={args.reps}")

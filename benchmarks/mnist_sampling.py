@@ -55,8 +55,9 @@ from numpyro.infer import MCMC
 
 from numpyro_wjs import langevin
 from numpyro_wjs.core import walkjump
+from numpyro_wjs.core.walkjump import WalkState
+from numpyro_wjs.infer.walkjump import WalkJump
 from numpyro_wjs.nn.denoisers import UNet
-from numpyro_wjs.infer.walkjump import WalkJump, WalkState
 
 from _context import CompileCounter, machine
 

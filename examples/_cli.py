@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -50,12 +51,32 @@ def save_figure(fig: Any, args: argparse.Namespace, name: str) -> Path:
     return path
 
 
+def format_value(value: Any) -> str:
+    """``value`` for printing: floats to 3 decimals (3 significant digits below 0.01 or
+    from 1e6), lists as ``[0.300, 0.700]``, dicts as ``{key: value}``; exact in the JSON."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if isinstance(value, float):
+        return f"{value:.3f}" if value == 0 or 0.01 <= abs(value) < 1e6 else f"{value:.3g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
 def save_results(results: dict[str, Any], args: argparse.Namespace, name: str) -> Path:
-    """Print ``results`` and write them as ``<out>/<name>.json``."""
+    """Print ``results`` (rounded, a list of rows one per line) and write them, exact,
+    as ``<out>/<name>.json``."""
     path = args.out / f"{name}.json"
     path.write_text(json.dumps(results, indent=2, default=float) + "\n")
     for key, value in results.items():
-        print(f"{key}: {value}")
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            print(f"{key}:")
+            for row in value:
+                print(f"  {format_value(row)}")
+        else:
+            print(f"{key}: {format_value(value)}")
     print(f"wrote {os.path.relpath(path)}")
     return path
 

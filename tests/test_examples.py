@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ def run_example(script: Path, out: Path) -> dict:
     cmd = [sys.executable, str(script), "--fast", "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    raw = re.findall(r"\d\.\d{6,}", result.stdout)  # e.g. 0.30000001192092896
+    assert not raw, f"{script.name} prints unformatted numbers: {raw[:5]}"
     name = script.stem[3:]
     figures = sorted(out.glob(f"{name}*.png"))
     assert figures, f"{script.name} wrote no figure named {name}*.png"
