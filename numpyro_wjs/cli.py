@@ -9,14 +9,18 @@ Commands
     ``trace.png``, ``occupancy.png``, ``paths.png`` and ``summary.md`` to ``--out``.
     Runs on a CPU in about a minute (``--quick``: NUTS and walk-jump only, at a tenth
     of the budget). With
-    ``--mnist`` it walks and jumps on MNIST with the pretrained denoiser instead.
+    ``--mnist`` it walks and jumps on MNIST with the pretrained denoiser instead,
+    with a progress bar. ``--out`` must be empty or hold the same demo's files, which
+    are replaced; other files are refused unless ``--overwrite`` (which deletes the
+    other demo's files and keeps the rest).
 
 ``train``
     Train a denoiser (U-Net for images, MLP for vectors) on MNIST, scikit-learn's
-    8x8 digits or samples of a Gaussian mixture, with resumable orbax checkpoints in
-    ``--out`` (a folder holding a saved model or another run is refused unless
-    ``--overwrite``); ``--pretrained-mnist`` / ``--pretrained-classifier`` re-create
-    the shipped networks with their recorded recipes.
+    8x8 digits (the default) or samples of a Gaussian mixture, with resumable orbax
+    checkpoints in ``--out`` (a folder holding a saved model, another run, or files
+    but no run is refused unless ``--overwrite``); ``--pretrained-mnist`` /
+    ``--pretrained-classifier`` re-create the shipped networks with their recorded
+    recipes.
 
 Every command is one function ``_<name>(args) -> int`` and one parser entry in
 ``_COMMANDS``. Every error prints one line, ``numpyro-wjs <command>: error: ...``:
@@ -71,6 +75,11 @@ _MNIST_DEFAULTS = {"budget": 200, "chains": 4, "warmup": 100}
 _MNIST_QUICK = {"budget": 30, "chains": 2, "warmup": 20}
 #: Optimizer steps of ``train`` (``--pretrained-mnist``: the recipe's).
 _TRAIN_STEPS = 2000
+#: Files each demo writes into ``--out``; any other file there belongs to another run.
+_DEMO_FILES = {
+    "mixture": ("summary.md", "trace.png", "occupancy.png", "paths.png"),
+    "mnist": ("summary.md", "walk_jump_strip.png", "samples.png"),
+}
 
 
 class UsageError(Exception):
@@ -123,6 +132,18 @@ def _output_dir(path: str | os.PathLike) -> Path:
             f"cannot write to output folder {str(out)!r} ({reason}); choose another --out."
         ) from None
     return out
+
+
+def _names(paths: Sequence[Path], limit: int = 6) -> str:
+    """``a, b, c`` for the first ``limit`` names, then ``and N more``."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in paths)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _entries(out: Path) -> list[Path]:
+    """The entries of the folder ``out`` (none if it does not exist), hidden ones aside."""
+    return [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
 
 
 def _markdown_table(table: Any, formats: dict[str, str] | None = None) -> str:
@@ -210,7 +231,30 @@ def _demo(args: argparse.Namespace) -> int:
             "and save a denoiser there first."
         )
     out = _output_dir(args.out)
+    _check_demo_out(out, "mnist" if args.mnist else "mixture", args.overwrite)
     return _demo_mnist(args, out) if args.mnist else _demo_mixture(args, out)
+
+
+def _check_demo_out(out: Path, kind: str, overwrite: bool) -> None:
+    """Let the demo ``kind`` write only into a folder empty or holding its own files.
+
+    Other files are refused (exit 2), naming them; with ``overwrite`` the other
+    demo's files are deleted and any further files are left as they are.
+    """
+    other = [p for p in _entries(out) if p.name not in _DEMO_FILES[kind]]
+    if not other:
+        return
+    if not overwrite:
+        raise UsageError(
+            f"--out {str(out)!r} holds files of another run ({_names(other)}); choose a new or "
+            "empty --out folder, or pass --overwrite to write there anyway (deleting the other "
+            "demo's files)."
+        )
+    stale = [p for p in other if p.is_file() and any(p.name in files for files in _DEMO_FILES.values())]
+    for path in stale:
+        path.unlink()
+    if stale:
+        print(f"Deleted {_names(stale)} of the other demo in {out} (--overwrite).", flush=True)
 
 
 def _demo_mixture(args: argparse.Namespace, out: Path) -> int:
@@ -343,6 +387,7 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
 
     matplotlib.use("Agg")
     from numpyro.infer import MCMC
+    from tqdm import tqdm
 
     from numpyro_wjs.diagnostics import plots
     from numpyro_wjs.nn.classifier import load_pretrained_classifier
@@ -351,18 +396,33 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
     from numpyro_wjs.infer.walkjump import WalkJump
 
     s = _settings(args, _MNIST_DEFAULTS, _MNIST_QUICK)
-    print(f"Loading the pretrained denoiser from {MNIST_DENOISER_DIR} ...", flush=True)
+    print(f"Loading the pretrained denoiser from {MNIST_DENOISER_DIR} and the classifier ...", flush=True)
     net = load_denoiser(MNIST_DENOISER_DIR)
     classifier, _ = load_pretrained_classifier()
+
+    def tick(i: Any, _: Any) -> None:  # ``bar``: the progress bar of ``mcmc.run`` below
+        done = int(np.max(i))
+        if done > bar.n:
+            bar.set_description("warmup" if done <= s["warmup"] else "sampling", refresh=False)
+            bar.update(done - bar.n)
+
+    class WalkJumpWithProgress(WalkJump):
+        """``WalkJump`` that moves the progress bar after each draw of all chains."""
+
+        def sample(self, state, model_args, model_kwargs):
+            new = super().sample(state, model_args, model_kwargs)
+            jax.debug.callback(tick, new.i, jnp.ravel(new.x)[0])  # reads x: runs once the draw is done
+            return new
+
     if net.noise_conditional:
         settings = dict(MNIST_WALK_JUMP)
         sigma = settings.pop("sigma")
-        kernel = WalkJump(net, sigma, **settings)
+        kernel = WalkJumpWithProgress(net, sigma, **settings)
         how = (f"sigma={sigma:g}, {settings['num_measurements']} sequential measurements, "
                f"{settings['jump_every']} walk steps per jump")
     else:
         sigma = float(net.sigma)
-        kernel = WalkJump(net, sigma)
+        kernel = WalkJumpWithProgress(net, sigma)
         how = f"sigma={sigma:g}"
     mcmc = MCMC(
         kernel,
@@ -374,11 +434,15 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
     )
     x0 = jnp.full((s["chains"], 28, 28, 1), 0.0) if s["chains"] > 1 else jnp.full((28, 28, 1), 0.0)
     print(
-        f"Walk-jump on MNIST ({how}): {s['budget']} jumps, {s['chains']} chain(s) ...",
+        f"Walk-jump on MNIST ({how}): {s['warmup']} warmup jumps, then {s['budget']} jumps, "
+        f"{s['chains']} chain(s).\nCompiling the sampler (15-20 s on two CPU cores; the bar starts "
+        "moving when it is done), then sampling ...",
         flush=True,
     )
     start = time.perf_counter()
-    mcmc.run(jax.random.key(args.seed), init_params=x0, extra_fields=("y",))
+    with tqdm(total=s["warmup"] + s["budget"], desc="compiling", unit="jump", file=sys.stderr) as bar:
+        mcmc.run(jax.random.key(args.seed), init_params=x0, extra_fields=("y",))
+    print("Labelling the jumps with the classifier ...", flush=True)
     jumps = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
     walk = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["y"])
     labels = np.stack([np.asarray(classifier.predict(jnp.asarray(c))) for c in jumps])
@@ -412,26 +476,32 @@ def _demo_mnist(args: argparse.Namespace, out: Path) -> int:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="wjs-output", help="output folder (default: ./wjs-output)")
+    g, q, m, mq = _GM_DEFAULTS, _GM_QUICK, _MNIST_DEFAULTS, _MNIST_QUICK
+    parser.add_argument("--out", default="wjs-output",
+                        help="output folder: empty, or holding an earlier run of the same demo (default: ./wjs-output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out holding other files, deleting the other demo's files")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--budget",
         type=_positive_int,
         default=None,
-        help=f"evaluations per chain (default {_GM_DEFAULTS['budget']}, quick {_GM_QUICK['budget']}; "
-        f"--mnist: jumps, default {_MNIST_DEFAULTS['budget']})",
+        help=f"evaluations per chain (default: {g['budget']}; --quick: {q['budget']}; "
+        f"--mnist: {m['budget']} jumps, --quick --mnist: {mq['budget']})",
     )
     parser.add_argument(
         "--chains",
         type=_positive_int,
         default=None,
-        help=f"chains per sampler (default {_GM_DEFAULTS['chains']}, quick {_GM_QUICK['chains']})",
+        help=f"chains per sampler (default: {g['chains']}; --quick: {q['chains']}; "
+        f"--mnist: {m['chains']}, --quick --mnist: {mq['chains']})",
     )
     parser.add_argument(
         "--warmup",
         type=_non_negative_int,
         default=None,
-        help=f"warmup iterations (default {_GM_DEFAULTS['warmup']}, quick {_GM_QUICK['warmup']})",
+        help=f"warmup iterations (default: {g['warmup']}; --quick: {q['warmup']}; "
+        f"--mnist: {m['warmup']}, --quick --mnist: {mq['warmup']})",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a small, fast version: NUTS and walk-jump only, smaller budget"
@@ -486,6 +556,7 @@ def _train(args: argparse.Namespace) -> int:
         check_outside_package(Path(args.out or "wjs-denoiser"), "--out")
     except ValueError as err:
         raise UsageError(str(err)) from None
+    _check_train_out(Path(args.out or "wjs-denoiser").expanduser(), args.overwrite)
     data, eval_data = _training_data(args)
     conditional = isinstance(sigma, tuple)
     rngs = nnx.Rngs(args.seed)
@@ -509,6 +580,40 @@ def _train(args: argparse.Namespace) -> int:
         print("held-out MSE per example: " + ", ".join(f"{v:.4f} at s={s:g}" for s, v in zip(sigmas, last)))
     print(f"checkpoint in {out}; load it with numpyro_wjs.nn.train.load_denoiser({str(out)!r})")
     return 0
+
+
+def _check_train_out(out: Path, overwrite: bool) -> None:
+    """Let ``train`` write only into a new or empty folder or one holding a training run.
+
+    A saved model, or files but no training run, are refused (exit 2) unless
+    ``overwrite``: ``train_denoiser`` then deletes the saved model, and other files
+    are left as they are (with a warning).
+    """
+    import orbax.checkpoint as ocp
+
+    from numpyro_wjs.nn.checkpoints import is_checkpoint, step_paths
+    from numpyro_wjs.nn.train import _SAVED_MODEL_ENTRIES
+
+    if not out.is_dir():
+        return
+    saved_model = is_checkpoint(out)
+    if saved_model and not overwrite:
+        raise UsageError(
+            f"--out {str(out)!r} holds a saved model (metadata.json, weights/) that training would hide "
+            "from load_denoiser; pass --overwrite to replace it, or choose another --out folder."
+        )
+    if step_paths(out):  # a training run: resumed, continued or (settings differ) refused by train_denoiser
+        return
+    ours = _SAVED_MODEL_ENTRIES if saved_model else ()
+    other = [p for p in _entries(out) if p.name not in ours and not ocp.utils.is_tmp_checkpoint(p)]
+    if not other:
+        return
+    if not overwrite:
+        raise UsageError(
+            f"--out {str(out)!r} holds files that are not a training run ({_names(other)}); choose a "
+            "new or empty --out folder, or pass --overwrite to train there anyway (they are kept)."
+        )
+    warnings.warn(f"training beside files that are not checkpoints in {out}: {_names(other)}")
 
 
 def _train_sigma(args: argparse.Namespace) -> float | tuple[float, float]:
@@ -545,30 +650,42 @@ def _training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=("mnist", "digits", "mixture"), default="digits",
-                        help="training data: MNIST digits 0-7999, scikit-learn 8x8 digits, or an 8-mode 2-D ring")
-    parser.add_argument("--data-path", default=None, help="folder of MNIST IDX files (default: auto)")
+                        help="training data: MNIST digits 0-7999, scikit-learn's 8x8 digits (no download), "
+                             "or an 8-mode 2-D ring (default: digits)")
+    parser.add_argument("--data-path", default=None,
+                        help="folder of the MNIST IDX files (default: $NUMPYRO_WJS_MNIST, then "
+                             "../shared/data/mnist, then ~/.cache/numpyro_wjs/mnist)")
     parser.add_argument("--download", action="store_true",
                         help="download the MNIST files (SHA-256 verified) into --data-path or the cache")
     parser.add_argument("--sigma", type=_positive_float, default=None,
-                        help="noise level of a fixed-sigma denoiser (default 0.5)")
+                        help="noise level of a fixed-sigma denoiser (default: 0.5)")
     parser.add_argument("--sigma-range", type=_positive_float, nargs=2, metavar=("LO", "HI"), default=None,
-                        help="train a noise-conditional denoiser on s log-uniform in [LO, HI] (not with --sigma)")
+                        help="train a noise-conditional denoiser on s log-uniform in [LO, HI] instead "
+                             "(default: off; not with --sigma)")
     parser.add_argument("--steps", type=_positive_int, default=None,
-                        help=f"total steps (default {_TRAIN_STEPS}; --pretrained-mnist: the recipe's); "
-                             "more than a finished run in --out (or --checkpoint-dir) continues it")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate of AdamW")
+                        help=f"total optimizer steps (default: {_TRAIN_STEPS}; --pretrained-mnist: the "
+                             "recipe's 20000); more than a finished run in --out (or --checkpoint-dir) "
+                             "continues it")
+    parser.add_argument("--batch-size", type=_positive_int, default=64,
+                        help="examples per optimizer step (default: 64)")
+    parser.add_argument("--lr", type=_positive_float, default=1e-3,
+                        help="peak learning rate of AdamW, warmed up then cosine-decayed (default: 0.001)")
     parser.add_argument("--channels", type=_positive_int, nargs="+", default=None,
-                        help="U-Net widths for image data (default 16 32)")
+                        help="U-Net widths for image data (default: 16 32)")
     parser.add_argument("--hidden", type=_positive_int, nargs="+", default=None,
-                        help="MLP widths for --data mixture (default 256 256)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0)
-    parser.add_argument("--checkpoint-every", type=_positive_int, default=500)
+                        help="MLP widths for --data mixture (default: 256 256)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="random seed of the initial weights, batches and noise (default: 0)")
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=500,
+                        help="steps between checkpoints; the last step is always saved (default: 500)")
     parser.add_argument("--out", default=None,
-                        help="checkpoint folder (default ./wjs-denoiser; resumes the run it holds)")
+                        help="checkpoint folder: new, empty, or a run to resume (default: ./wjs-denoiser; "
+                             "--pretrained-*: the shipped network's folder)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete the saved model or other run in --out and train from scratch")
-    parser.add_argument("--checkpoint-dir", default=None, help="with --pretrained-mnist: resumable training folder")
+                        help="delete the saved model or other run in --out and train from scratch; "
+                             "train beside other files there")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="with --pretrained-mnist: resumable training folder (default: none)")
     parser.add_argument("--pretrained-mnist", action="store_true", help="re-create the shipped MNIST denoiser")
     parser.add_argument("--pretrained-classifier", action="store_true", help="re-create the shipped MNIST classifier")
 

@@ -222,7 +222,8 @@ def _has_t10k(directory: Path) -> bool:
 
 
 def _search_dirs(cache_dir: Path | None) -> list[Path]:
-    """Directories searched, in order, when ``load_mnist`` gets no ``path``."""
+    """Directories searched, in order, when ``load_mnist`` gets no ``path`` (absolute,
+    each once)."""
     dirs = []
     env = os.environ.get(MNIST_ENV_VAR)
     if env:
@@ -230,7 +231,7 @@ def _search_dirs(cache_dir: Path | None) -> list[Path]:
     dirs.append(Path.cwd() / ".." / "shared" / "data" / "mnist")
     dirs.append(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist")
     dirs.append(Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir())
-    return dirs
+    return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 # ---------------------------------------------------------------------- downloading
@@ -402,10 +403,10 @@ def load_mnist(
         searched = _search_dirs(Path(cache_dir) if cache_dir is not None else None)
         directory = next((d for d in searched if _has_t10k(d)), None)
         if directory is None:
-            places = "\n  ".join(str(d.resolve()) for d in searched)
+            places = ",\n  ".join(repr(str(d)) for d in searched)
             raise FileNotFoundError(
-                f"MNIST IDX files (t10k-images-idx3-ubyte[.gz], "
-                f"t10k-labels-idx1-ubyte[.gz]) not found; searched:\n  {places}\n"
+                f"MNIST IDX files (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) "
+                f"not found in any of the folders searched:\n  {places}.\n"
                 f"To fix: {_FIX_HINT}."
             )
     test = _load_pair(directory, "t10k")

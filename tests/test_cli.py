@@ -1,5 +1,6 @@
 """The numpyro-wjs command line: the quick demo end to end, and its usage errors."""
 
+import argparse
 import contextlib
 import io
 import os
@@ -163,8 +164,9 @@ def test_train_never_shadows_a_saved_model(tmp_path):
     save_checkpoint(out, MLP(2, (8,), sigma=0.2, rngs=nnx.Rngs(0)))
     refused = run_cli(*TINY, "--sigma", "0.5", "--out", str(out))
     stdout, stderr = refused.communicate(timeout=300)
-    assert refused.returncode == 1, stderr
+    assert refused.returncode == 2, stderr  # an unusable --out is a usage error
     assert stderr.count("\n") == 1 and "saved model" in stderr and "--overwrite" in stderr
+    assert "another --out folder" in stderr
     assert load_denoiser(out).sigma == 0.2
     done = run_cli(*TINY, "--sigma", "0.5", "--out", str(out), "--overwrite")
     stdout, stderr = done.communicate(timeout=300)
@@ -241,3 +243,119 @@ def test_train_continues_a_finished_run_and_warns_in_one_line(tmp_path, capsys):
     assert len(warning) == 1 and "skipping damaged checkpoint" in warning[0]
     meta = checkpoint_metadata(out)
     assert meta["step"] == 30 and meta["train"]["continued_from"] == [20]
+
+
+def test_train_saved_model_in_out_is_a_usage_error(tmp_path, capsys):
+    from numpyro_wjs.nn.denoisers import MLP
+    from numpyro_wjs.nn.train import save_checkpoint
+
+    out = tmp_path / "out"
+    save_checkpoint(out, MLP(2, (8,), sigma=0.2, rngs=nnx.Rngs(0)))
+    assert cli.main([*TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("numpyro-wjs train: error: ")
+    assert "saved model" in err and "pass --overwrite to replace it, or choose another --out folder" in err
+
+
+def test_train_refuses_a_folder_of_other_files_unless_overwrite(tmp_path, capsys):
+    """Checkpoints never land among a demo's figures unasked; with --overwrite they do,
+    with a warning, the figures are kept, and the run then resumes without it."""
+    from numpyro_wjs.nn.train import load_denoiser
+
+    out = tmp_path / "figures"
+    out.mkdir()
+    for name in ("summary.md", "trace.png", "paths.png"):
+        (out / name).write_text("x")
+    (out / ".DS_Store").write_text("x")
+    assert cli.main([*TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a training run (paths.png, summary.md, trace.png)" in err
+    assert "new or empty --out folder" in err and "--overwrite" in err and ".DS_Store" not in err
+    assert sorted(p.name for p in out.iterdir()) == [".DS_Store", "paths.png", "summary.md", "trace.png"]
+    assert cli.main([*TINY, "--out", str(out), "--overwrite"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == [f"numpyro-wjs train: warning: training beside files that are not checkpoints in {out}: "
+                       "paths.png, summary.md, trace.png"]
+    assert all((out / name).read_text() == "x" for name in ("summary.md", "trace.png", "paths.png"))
+    assert load_denoiser(out).config["hidden"] == [16]
+    assert cli.main([*TINY, "--out", str(out)]) == 0  # a training run now: resumed (finished)
+    assert "already complete at step 20" in capsys.readouterr().err
+
+
+def test_train_rerun_of_a_finished_run_says_so_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main([*TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main([*TINY, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"train: the run in {out} is already complete at step 20; to train it further, "
+        "pass steps > 20 (CLI: a larger --steps)"
+    ]
+    assert "held-out MSE" in captured.out and f"checkpoint in {out}" in captured.out
+
+
+def test_demo_refuses_another_runs_files(quick_demo, tmp_path, capsys):
+    """The MNIST demo never mixes its files with the mixture demo's (nor the reverse);
+    --overwrite deletes the other demo's files and keeps anything else."""
+    _, out, _ = quick_demo
+    before = sorted(p.name for p in out.iterdir())
+    assert cli.main(["demo", "--quick", "--mnist", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "files of another run (occupancy.png, paths.png, trace.png)" in err
+    assert "new or empty --out folder" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for name in ("summary.md", "samples.png", "walk_jump_strip.png"):
+        (mnist / name).write_text("x")
+    cli._check_demo_out(mnist, "mnist", overwrite=False)  # its own files: replaced, no complaint
+    (mnist / "notes.txt").write_text("x")
+    assert cli.main(["demo", "--quick", "--out", str(mnist)]) == 2
+    assert "(notes.txt, samples.png, walk_jump_strip.png)" in capsys.readouterr().err
+    cli._check_demo_out(mnist, "mixture", overwrite=True)
+    assert sorted(p.name for p in mnist.iterdir()) == ["notes.txt", "summary.md"]
+    assert "Deleted samples.png, walk_jump_strip.png of the other demo" in capsys.readouterr().out
+
+
+def _help(command):
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    return " ".join(stdout.getvalue().split())
+
+
+def test_help_states_every_default():
+    train = _help("train")
+    for default in ("training data: MNIST digits 0-7999", "(default: digits)", "$NUMPYRO_WJS_MNIST",
+                    "(default: 0.5)", "(default: 2000;", "(default: 64)", "(default: 0.001)",
+                    "(default: 16 32)", "(default: 256 256)", "(default: 0)", "(default: 500)",
+                    "(default: ./wjs-denoiser;", "(default: off;", "(default: none)"):
+        assert default in train, default
+    demo = _help("demo")
+    for default in ("(default: ./wjs-output)", "(default: 0)", "(default: 20000; --quick: 2000; --mnist: 200",
+                    "(default: 4; --quick: 2;", "(default: 500; --quick: 200;"):
+        assert default in demo, default
+    parser = cli.build_parser()
+    for name, command in cli._COMMANDS.items():
+        sub = argparse.ArgumentParser()
+        command.add_arguments(sub)
+        for action in sub._actions:
+            if action.option_strings and action.nargs != 0:  # options taking a value, not flags
+                assert "(default: " in action.help, (name, action.option_strings)
+    assert parser.format_help()
+
+
+def test_demo_mnist_shows_what_it_does_and_a_progress_bar(tmp_path, capsys):
+    out = tmp_path / "mnist"
+    assert cli.main(["demo", "--mnist", "--budget", "3", "--warmup", "2", "--chains", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("Loading the pretrained denoiser") and "classifier" in lines[0]
+    assert lines[1].startswith("Walk-jump on MNIST") and "2 warmup jumps, then 3 jumps, 2 chain(s)" in lines[1]
+    assert lines[2].startswith("Compiling the sampler")
+    bar = captured.err.replace("\r", "\n").splitlines()
+    assert [line.split(":")[0] for line in bar if "/5 [" in line][:2] == ["compiling", "warmup"]
+    assert any(line.startswith("sampling: 100%") and "5/5" in line for line in bar)
+    assert "Labelling the jumps" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["samples.png", "summary.md", "walk_jump_strip.png"]

@@ -112,6 +112,30 @@ def test_missing_everywhere_lists_places(monkeypatch, tmp_path):
     assert "download=True" in message and "NUMPYRO_WJS_MNIST" in message
 
 
+def test_missing_everywhere_lists_each_place_once_then_the_advice(monkeypatch, tmp_path):
+    """Run from the repository root, the two ``../shared/data/mnist`` candidates are one
+    folder: listed once, one folder a line, the advice after the list (also once the
+    CLI joins the message into one line)."""
+    from numpyro_wjs.cli import _one_line
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.delenv("NUMPYRO_WJS_MNIST", raising=False)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(data, "__file__", str(repo / "numpyro_wjs" / "data.py"))
+    cache = tmp_path / "cache"
+    with pytest.raises(FileNotFoundError) as err:
+        load_mnist(cache_dir=cache)
+    message = str(err.value)
+    shared = str(tmp_path / "shared" / "data" / "mnist")
+    assert message.count(shared) == 1 and message.count(str(cache)) == 1
+    lines = message.splitlines()
+    assert lines[1:3] == [f"  {shared!r},", f"  {str(cache)!r}."]
+    assert lines[3].startswith("To fix: ") and "NUMPYRO_WJS_MNIST" in lines[3]
+    assert "--data-path" in lines[3] and "download=True" in lines[3] and "--download" in lines[3]
+    assert f"searched: {shared!r}, {str(cache)!r}. To fix: pass path=" in _one_line(err.value)
+
+
 def test_missing_dir_and_bad_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="lacks t10k-images-idx3-ubyte.*--download"):
         load_mnist(tmp_path / "absent")

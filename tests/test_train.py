@@ -187,6 +187,21 @@ def test_resume_equals_uninterrupted(straight, checkpointed, data, tmp_path):
     assert_same_run(resumed, again)
 
 
+def test_finished_run_says_so_once_without_a_bar(checkpointed, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed[1], run)
+    x, x_eval = data
+    capsys.readouterr()
+    again = train_denoiser(tiny_mlp(), x, SIGMA, eval_data=x_eval, checkpoint_dir=run, checkpoint_every=N,
+                           normalisation={"scale": "identity"}, **{**RUN, "progress_bar": True})
+    assert_same_run(checkpointed[0], again)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"train: the run in {run} is already complete at step {2 * N}; "
+        f"to train it further, pass steps > {2 * N} (CLI: a larger --steps)"
+    ]
+
+
 def test_resume_with_other_settings_raises(checkpointed, data):
     _, directory = checkpointed
     x, x_eval = data

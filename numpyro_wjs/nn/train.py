@@ -36,6 +36,7 @@ import itertools
 import logging
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -552,7 +553,8 @@ def train_denoiser(
         JSON-serialisable description of the data scaling (e.g.
         ``{"pixel_range": [0, 1]}``), stored in the checkpoint metadata.
     progress_bar : bool
-        Show a tqdm bar with the running loss and the latest held-out MSE.
+        Show a tqdm bar with the running loss and the latest held-out MSE; a run in
+        ``checkpoint_dir`` that is already at ``steps`` prints one line saying so instead.
     callback : callable, optional
         Called as ``callback(step, metrics)`` every 50 steps, at every evaluation and
         at the end; ``metrics["loss"]`` is the mean loss of the last 50 steps,
@@ -743,10 +745,16 @@ def train_denoiser(
         losses.extend(new.tolist())
         return float(np.mean(losses[-_LOG_EVERY:]))
 
+    if start >= steps:  # a finished run: one line instead of a full bar
+        done_message = (f"the run in {checkpoint_dir} is already complete at step {start}; "
+                        f"to train it further, pass steps > {start} (CLI: a larger --steps)")
+        _log.info(done_message)
+        if progress_bar:
+            print(f"train: {done_message}", file=sys.stderr, flush=True)
     postfix: dict[str, str] = {}
     last_time, last_step = time.perf_counter(), start
     manager = None
-    with tqdm(total=steps, initial=start, disable=not progress_bar, desc="train") as bar, \
+    with tqdm(total=steps, initial=start, disable=not progress_bar or start >= steps, desc="train") as bar, \
             contextlib.ExitStack() as closing:
         for step in range(start, steps):
             pending.append(iteration(train_key, jnp.int32(step), sigma_device))
