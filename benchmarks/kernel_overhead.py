@@ -137,7 +137,7 @@ def build_cases(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
 
     def kernel(name: str, adapt: bool):
         if name == "ULA":
-            return ULA(score_fn=score, step_size=ULA_STEP, adapt_step_size=adapt, adapt_mass_matrix=adapt)
+            return ULA(score_fn=score, step_size=ULA_STEP, adapt_step_size=adapt, adapt_mass_matrix=adapt, num_steps=1)
         if name == "MALA":
             return MALA(
                 potential_fn=potential, step_size=MALA_STEP, adapt_step_size=adapt, adapt_mass_matrix=adapt

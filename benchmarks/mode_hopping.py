@@ -79,7 +79,7 @@ def samplers(target: GaussianMixture, sigma: float) -> dict:
     return {
         "NUTS": NUTS(target.model()),
         "MALA": MALA(target.model()),
-        "ULA": ULA(score_fn=target.score, step_size=0.1 * TAU**2, adapt_step_size=False),
+        "ULA": ULA(score_fn=target.score, step_size=0.1 * TAU**2, adapt_step_size=False, num_steps=1),
         "UnderdampedLangevin": UnderdampedLangevin(
             score_fn=target.score, step_size=0.5 * TAU, friction=1.0, adapt_step_size=False
         ),

@@ -88,7 +88,7 @@ def main(argv=None):
     s2 = SCALE**2
     grid = STEP_SIZES + (TOO_LARGE,)
     init = target.sample(k_init, (num_chains,))
-    ula = run_step_sizes(ULA(score_fn=target.score), grid, chains, init, draws, k_ula)
+    ula = run_step_sizes(ULA(score_fn=target.score, num_steps=1), grid, chains, init, draws, k_ula)
     mala = run_step_sizes(
         MALA(potential_fn=target.potential_fn, adapt_step_size=False, adapt_mass_matrix=False),
         grid, chains, init, draws, k_mala, extra_fields=("accept_prob",),
@@ -103,7 +103,7 @@ def main(argv=None):
     target2 = Gaussian(jnp.zeros(2), jnp.asarray(SCALES_2D) ** 2)
     chains_2d = num_chains // len(STEP_SIZES_2D)
     init2 = target2.sample(k_init2, (chains_2d * len(STEP_SIZES_2D),))
-    ula2 = run_step_sizes(ULA(score_fn=target2.score), STEP_SIZES_2D, chains_2d, init2, draws, k_ula2)
+    ula2 = run_step_sizes(ULA(score_fn=target2.score, num_steps=1), STEP_SIZES_2D, chains_2d, init2, draws, k_ula2)
     s2_2d = np.asarray(SCALES_2D) ** 2
     h_crit_2d = 2 * s2_2d.min()
     ula2_stable = [i for i, h in enumerate(STEP_SIZES_2D) if h < h_crit_2d]

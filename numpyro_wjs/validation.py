@@ -11,7 +11,8 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["ArgumentTypeError", "positive", "positive_int", "probability", "positive_range", "check_callable"]
+__all__ = ["ArgumentTypeError", "positive", "positive_int", "probability", "positive_range", "check_callable",
+           "no_unknown_arguments"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -63,3 +64,12 @@ def check_callable(owner: str, name: str, value: Any) -> None:
     """``TypeError`` unless ``value`` is callable."""
     if not callable(value):
         raise TypeError(f"{owner}: `{name}` must be callable, got {type(value).__name__}.")
+
+
+def no_unknown_arguments(owner: str, unknown: dict, accepted: list[str]) -> None:
+    """``TypeError`` naming the public ``owner`` when ``unknown`` keyword arguments were passed."""
+    if unknown:
+        raise TypeError(
+            f"{owner}() got unexpected keyword argument(s) {', '.join(map(repr, sorted(unknown)))}; "
+            f"it takes {', '.join(accepted)}."
+        )

@@ -105,7 +105,7 @@ def test_numpyro_model_with_explicit_samplers():
         numpyro.sample("mu", dist.Normal(0.0, 1.0))
         numpyro.sample("tau", dist.HalfNormal(1.0))
 
-    runs = run_samplers(model, {"ULA": ULA(model, step_size=0.05)}, budget=300, num_chains=2, num_warmup=0)
+    runs = run_samplers(model, {"ULA": ULA(model, step_size=0.05, num_steps=1)}, budget=300, num_chains=2, num_warmup=0)
     table = summarize(runs)
     assert list(table.index) == ["ULA"]
     assert list(table.columns) == ["evaluations", "draws", "ess_bulk", "r_hat", "wall_time_s"]
@@ -118,6 +118,7 @@ def test_numpyro_model_with_explicit_samplers():
 def test_evaluation_cost_of_the_kernels():
     assert evaluations_per_draw(NUTS(GM.model())) is None
     assert evaluations_per_draw(MALA(GM.model())) == 1
+    assert evaluations_per_draw(ULA(GM.model())) == 16 and evaluations_per_draw(ULA(GM.model(), num_steps=3)) == 3
     assert evaluations_per_draw(WalkJump(GM.denoiser(1.0), 1.0, jump_every=3)) == 3
     seq = WalkJump(lambda y, s: GM.denoiser(s)(y), 1.0, num_measurements=4, noise_conditional=True,
                    mode="sequential", num_inner_steps=10, jump_every=2)

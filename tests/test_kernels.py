@@ -17,7 +17,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import potential_energy
 
 from mc import assert_mean_close, assert_moments_close
-from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
+from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin, WalkJump
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ import warnings
 warnings.filterwarnings("error", message="There are not enough devices")
 import jax, jax.numpy as jnp, numpy as np
 from numpyro.infer import MCMC
-from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
+from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin, WalkJump
 
 assert jax.local_device_count() == 2, jax.devices()
 for cls in (ULA, MALA, UnderdampedLangevin):
@@ -291,6 +291,25 @@ def test_exactly_one_source():
         ULA(potential_fn=lambda z: z, score_fn=lambda z: z)
     with pytest.raises(ValueError, match="exactly one"):
         MALA(_gamma_model, potential_fn=lambda z: z)
+
+
+@pytest.mark.parametrize("cls", [ULA, MALA, UnderdampedLangevin])
+def test_an_unknown_option_names_the_kernel_and_what_it_takes(cls):
+    # a NUTS option passed to a Langevin kernel: the message names the public class
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\(\) got unexpected keyword argument\(s\) 'max_tree_depth'; "
+                                        r"it takes model, .*step_size") as err:
+        cls(_gamma_model, max_tree_depth=8)
+    assert "_LangevinKernel" not in str(err.value)
+
+
+def test_walkjump_refuses_a_model_and_points_to_gibbs_walkjump():
+    def model():
+        numpyro.sample("x", dist.Normal())
+
+    for kwargs in ({}, {"sigma": 1.0}):
+        with pytest.raises(TypeError, match="GibbsWalkJump"):
+            WalkJump(model, **kwargs)
+    WalkJump(lambda y, s: y, sigma=1.0, noise_conditional=True)  # a denoiser of (y, s) is accepted
 
 
 def test_mala_refuses_a_bare_score():

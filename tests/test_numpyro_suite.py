@@ -1,7 +1,7 @@
 """NumPyro's own MCMC kernel tests (``test/infer/test_mcmc.py``), run with this package's kernels.
 
 Every test is parametrised over ``ULA``, ``MALA``, ``UnderdampedLangevin`` and
-``GibbsWalkJump`` on their default settings (ULA and UnderdampedLangevin with
+``GibbsWalkJump`` on their default settings (UnderdampedLangevin with
 ``adapt_mass_matrix=True``; ``dense_mass=True`` where NumPyro asks for it and the kernel
 accepts it) in place of HMC/NUTS/SA/BarkerMH.
 
@@ -45,7 +45,7 @@ from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
 
 # kernel name -> (class, settings other than the default ones)
 KERNELS = {
-    "ULA": (ULA, {"adapt_mass_matrix": True}),
+    "ULA": (ULA, {}),
     "MALA": (MALA, {}),
     "UnderdampedLangevin": (UnderdampedLangevin, {"adapt_mass_matrix": True}),
     "GibbsWalkJump": (GibbsWalkJump, {}),

@@ -211,7 +211,7 @@ def default_samplers(target: GaussianMixture) -> dict[str, MCMCKernel]:
     return {
         "NUTS": NUTS(target.model()),
         "MALA": MALA(target.model()),
-        "ULA": ULA(score_fn=target.score, step_size=0.1 * tau_min**2, adapt_step_size=False),
+        "ULA": ULA(score_fn=target.score, step_size=0.1 * tau_min**2, adapt_step_size=False, num_steps=1),
         "WalkJump": WalkJump(target.denoiser(sigma), sigma),
     }
 

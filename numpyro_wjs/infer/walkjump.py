@@ -8,6 +8,7 @@ noise level, adapts the walk step during warmup (optional) and runs one
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import namedtuple
 from collections.abc import Callable
@@ -164,6 +165,7 @@ class WalkJump(Kernel):
         init_noisy: bool = False,
     ):
         validation.check_callable("WalkJump", "denoiser", denoiser)
+        _check_not_a_model(denoiser)
         self._noise_conditional, sigma = _noise_setting(denoiser, noise_conditional, sigma)
         self._sigma = validation.positive("sigma", sigma)
         # time scale of the stiffest direction of p_Y: sigma (underdamped), sigma^2 (overdamped)
@@ -303,6 +305,28 @@ class WalkJump(Kernel):
             self._running_mean(state.mean_accept_prob, info.acceptance_rate, i, warmup),
             info.diverging | ~ok, adapt_state, random.split(state.rng_key, 3)[0], walk.score,
         )
+
+
+def _check_not_a_model(denoiser) -> None:
+    """``TypeError`` for a callable that cannot take a point ``y``: a NumPyro model passed by mistake."""
+    try:
+        signature = inspect.signature(denoiser)
+    except ValueError:  # no signature (a builtin): nothing to check
+        return
+    if not any(_binds(signature, n) for n in (1, 2)):
+        raise TypeError(
+            f"WalkJump: `denoiser` must be called as denoiser(y) (or denoiser(y, s)), but "
+            f"{getattr(denoiser, '__name__', type(denoiser).__name__)} takes no point. "
+            "For walk-jump on a NumPyro model (no denoiser, no training) use GibbsWalkJump(model)."
+        )
+
+
+def _binds(signature: inspect.Signature, n: int) -> bool:
+    try:
+        signature.bind(*([None] * n))
+        return True
+    except TypeError:
+        return False
 
 
 def _noise_setting(denoiser, noise_conditional: bool | None, sigma) -> tuple[bool, float]:
