@@ -193,3 +193,25 @@ def test_bad_types_raise_type_error():
         run_samplers(3.0, {"ULA": ULA(score_fn=GM.score)})
     with pytest.raises(TypeError, match="budget"):
         run_samplers(GM, budget=10.5)
+
+
+def test_kernels_declare_their_cost_stats_and_label():
+    # the comparison asks each kernel: no class switch, no initial state built to look
+    from numpyro_wjs.diagnostics.comparison import sample_stats
+
+    assert sample_stats(ULA(GM.model())) == ("diverging",)  # accept_prob never applied: not a stat
+    assert sample_stats(MALA(GM.model())) == ("diverging", "accept_prob")
+    assert sample_stats(NUTS(GM.model())) == ("diverging", "num_steps", "accept_prob")
+    assert sample_stats(WalkJump(GM.denoiser(1.0), 1.0)) == ("diverging", "accept_prob", "y")
+    seq = WalkJump(lambda y, s: GM.denoiser(s)(y), 1.0, num_measurements=4, noise_conditional=True,
+                   mode="sequential")
+    assert seq.label == "WalkJump (M=4, sequential)" and MALA(GM.model()).label == "MALA"
+
+
+def test_samplers_as_a_list_are_named_by_their_labels():
+    runs = run_samplers(GM, [MALA(GM.model()), WalkJump(GM.denoiser(1.0), 1.0)], budget=60, num_chains=2,
+                        num_warmup=10)
+    assert list(runs) == ["MALA", "WalkJump"]
+    assert "acceptance_rate" in runs["MALA"].data["sample_stats"]
+    with pytest.raises(ValueError, match="same label"):
+        run_samplers(GM, [MALA(GM.model()), MALA(GM.model())], budget=60)

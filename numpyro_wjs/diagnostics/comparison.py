@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -275,14 +275,18 @@ _STAT_NAMES = {
 }
 
 
-def _stat_fields(kernel: MCMCKernel, state: Any) -> tuple[str, ...]:
-    """The fields of ``_STAT_NAMES`` that ``state`` has.
+#: The sample stats of NumPyro's own kernels, which do not declare them.
+_NUMPYRO_STATS = {HMC: ("diverging", "num_steps", "accept_prob"), BarkerMH: ("accept_prob",)}
 
-    ``accept_prob`` is left out for the unadjusted ``ULA`` and ``UnderdampedLangevin``:
-    there it is the acceptance a Metropolis test would have had, never applied.
-    """
-    unadjusted = isinstance(kernel, (ULA, UnderdampedLangevin))
-    return tuple(f for f in _STAT_NAMES if hasattr(state, f) and not (unadjusted and f == "accept_prob"))
+
+def sample_stats(kernel: MCMCKernel) -> tuple[str, ...]:
+    """The state fields of ``kernel`` kept as sample stats: those of ``_STAT_NAMES`` that it
+    declares in ``kernel.sample_stats`` (the package's kernels; for NumPyro's HMC/NUTS and
+    BarkerMH they are known; any other kernel: its ``default_fields``)."""
+    declared = getattr(kernel, "sample_stats", None)
+    if declared is None:
+        declared = next((v for k, v in _NUMPYRO_STATS.items() if isinstance(kernel, k)), kernel.default_fields)
+    return tuple(f for f in _STAT_NAMES if f in declared)
 
 
 def _map_chains(fn: Callable) -> Callable:
@@ -341,9 +345,7 @@ def _run_one(
     )
     if num_chains == 1 and init is not None:
         init = jax.tree.map(lambda a: a[0], init)  # MCMC takes one chain's point unbatched
-    if cost is not None:  # the stat fields from one chain's initial state, built off the clock
-        one = init if num_chains == 1 or init is None else jax.tree.map(lambda a: a[0], init)
-        fields = _stat_fields(kernel, kernel.init(key, num_warmup, one, model_args, model_kwargs))
+    fields = sample_stats(kernel)
     start = time.perf_counter()
     if cost is None:
         rate_from_warmup = num_warmup > 0
@@ -352,7 +354,6 @@ def _run_one(
         if rate_from_warmup:
             warmup_steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])
             mcmc.num_samples = _next_chunk(budget, warmup_steps[:, -max(num_warmup // 4, 1):])
-        fields = _stat_fields(kernel, mcmc.post_warmup_state)
     chunks, spent = [], 0.0
     while True:
         if cost is not None:  # warmup and sampling in one run, as a user would
@@ -394,7 +395,7 @@ def _run_one(
 
 def run_samplers(
     target: GaussianMixture | Callable,
-    samplers: Mapping[str, MCMCKernel] | None = None,
+    samplers: Mapping[str, MCMCKernel] | Sequence[MCMCKernel] | None = None,
     *,
     budget: int = 20_000,
     num_chains: int = 4,
@@ -412,8 +413,10 @@ def run_samplers(
     target : GaussianMixture or callable
         A mixture (then ``samplers`` defaults to ``default_samplers``) or a
         NumPyro model (then ``samplers`` is required).
-    samplers : dict of str to MCMCKernel, optional
-        Kernels by name; their cost per draw is ``evaluations_per_draw``.
+    samplers : dict of str to MCMCKernel, or list of MCMCKernel, optional
+        Kernels by name, or a list named by each kernel's ``label`` (its class name for
+        NumPyro's kernels); their cost per draw is ``evaluations_per_draw`` and their
+        sample stats ``sample_stats``.
     budget : int
         Evaluations of ``grad log p`` (or the denoiser) per chain in the sampling
         phase; warmup is not counted.
@@ -457,8 +460,15 @@ def run_samplers(
         samplers = default_samplers(target)
     elif not is_mixture and not callable(target):
         raise TypeError(f"`target` must be a GaussianMixture or a NumPyro model, got {type(target).__name__}.")
+    if isinstance(samplers, list | tuple):  # named by the kernels' labels
+        names = [getattr(k, "label", type(k).__name__) for k in samplers]
+        if len(set(names)) < len(names):
+            raise ValueError(f"Samplers with the same label {names}: pass a dict of name -> MCMCKernel.")
+        samplers = dict(zip(names, samplers))
     if not isinstance(samplers, Mapping):
-        raise TypeError(f"`samplers` must be a dict of name -> MCMCKernel, got {type(samplers).__name__}.")
+        raise TypeError(
+            f"`samplers` must be a dict of name -> MCMCKernel or a list of kernels, got {type(samplers).__name__}."
+        )
     if not samplers:
         raise ValueError("`samplers` is empty; give at least one kernel.")
     for name, kernel in samplers.items():
@@ -567,7 +577,7 @@ def summarize(
 
 def compare(
     target: GaussianMixture | Callable,
-    samplers: Mapping[str, MCMCKernel] | None = None,
+    samplers: Mapping[str, MCMCKernel] | Sequence[MCMCKernel] | None = None,
     *,
     labeller: Any = None,
     weights: Any = None,

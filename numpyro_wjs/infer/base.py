@@ -18,16 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import random, vmap
-from jax.flatten_util import ravel_pytree
-from numpyro.infer.hmc_util import warmup_adapter
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from numpyro_wjs.core import langevin as core
+from numpyro_wjs.infer import numpyro_hooks
+from numpyro_wjs.infer.adaptation import StepAdaptation
 from numpyro_wjs.infer.sources import check_source, init_model, make_source, postprocess
 
-__all__ = ["Kernel", "STEP_COLLAPSE_FRACTION", "as_float", "split_keys", "metric_of", "check_mass"]
+__all__ = ["Kernel", "STEP_COLLAPSE_FRACTION", "as_float", "split_keys", "check_mass"]
 
 #: A warmup that ends with a step size below this fraction of the initial one warns.
 STEP_COLLAPSE_FRACTION = 1e-3
@@ -81,42 +81,6 @@ def check_mass(dense_mass, inverse_mass_matrix, default=False):
     return dense_mass, inverse_mass_matrix
 
 
-def site_index(example, blocks) -> dict[str, np.ndarray]:
-    """Flat position (``ravel_pytree`` order) of every entry of each site of ``example``."""
-    if not isinstance(example, dict):
-        raise ValueError("a structured `dense_mass` names sites: it needs a `model` (or dict-valued positions).")
-    missing = sorted({s for b in blocks for s in b} - set(example))
-    if missing:
-        raise ValueError(f"`dense_mass` names sites {missing} that the model does not have; it has {sorted(example)}.")
-    index, start = {}, 0
-    for name in sorted(example):  # the order of ravel_pytree on a dict
-        size = int(np.size(example[name]))
-        index[name] = np.arange(start, start + size)
-        start += size
-    return index
-
-
-def metric_of(adapt_state, index: dict[str, np.ndarray] | None = None) -> core.Metric:
-    """The ``core.Metric`` of a ``numpyro.infer.hmc_util.HMCAdaptState``.
-
-    A structured mass matrix (dicts of blocks keyed by site names) becomes the dense
-    block-diagonal matrices on the flat position, with the sites' positions ``index``.
-    """
-    parts = (adapt_state.inverse_mass_matrix, adapt_state.mass_matrix_sqrt, adapt_state.mass_matrix_sqrt_inv)
-    if not isinstance(parts[0], dict):
-        return core.Metric(*parts)
-    d = sum(i.size for i in index.values())
-
-    def assemble(blocks):
-        out = jnp.zeros((d, d), next(iter(blocks.values())).dtype)
-        for sites, block in blocks.items():
-            idx = np.concatenate([index[s] for s in sites])
-            out = out.at[np.ix_(idx, idx)].set(block) if block.ndim == 2 else out.at[idx, idx].set(block)
-        return out
-
-    return core.Metric(*map(assemble, parts))
-
-
 def _warn_step_collapse(kernel: str, step_size, initial: float) -> None:
     step_size = np.asarray(step_size)
     low = step_size < STEP_COLLAPSE_FRACTION * initial
@@ -149,13 +113,10 @@ class Kernel(MCMCKernel):
     _step_size = None  # the initial step size, when the kernel adapts one
     _num_warmup = 0
     _vectorized = False
-    _wa_update = None
-    _sample_fn = None  # set by init; numpyro.infer.MCMC calls init again while it is None
+    _adaptation = None  # the StepAdaptation built by init
     _potential_fn_gen = None
     _postprocess_fn_gen = None
     _dense_mass = False
-    _site_index = None  # flat positions of the sites, for a structured mass matrix
-    _unravel = None
 
     def _set_source(self, model, potential_fn, score_fn, init_strategy, *, needs_potential: bool) -> None:
         check_source(type(self).__name__, model, potential_fn, score_fn, needs_potential=needs_potential)
@@ -175,6 +136,14 @@ class Kernel(MCMCKernel):
     def evaluations_per_draw(self) -> int:
         """Score (gradient or denoiser) evaluations per MCMC draw."""
         raise NotImplementedError
+
+    #: State fields worth keeping as ArviZ ``sample_stats`` (``extra_fields`` of a run).
+    sample_stats: tuple[str, ...] = ("diverging", "accept_prob")
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and plots."""
+        return type(self).__name__
 
     def postprocess_fn(self, args, kwargs):
         return postprocess(self._postprocess_fn_gen, args, kwargs)
@@ -204,8 +173,8 @@ class Kernel(MCMCKernel):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_wa_update"] = None  # closures over the model are rebuilt by init
-        state["_sample_fn"] = None
+        for name in ("_adaptation", "_sigma_adaptation", numpyro_hooks.MCMC_INIT_MARKER):  # rebuilt by init
+            state.pop(name, None)
         return state
 
     # -- shared pieces ------------------------------------------------------------------
@@ -231,7 +200,7 @@ class Kernel(MCMCKernel):
 
     def _start(self, init_one, init_params, rng_key):
         """Initial state of every chain: ``init_one(params, key)``, vmapped for vectorized chains."""
-        self._sample_fn = self._step
+        numpyro_hooks.mark_initialised(self, self._step)
         return jax.jit(vmap(init_one) if self._vectorized else init_one)(init_params, rng_key)
 
     def _source(self, z, model_args, model_kwargs):
@@ -240,40 +209,18 @@ class Kernel(MCMCKernel):
             return make_source(z, potential_fn=potential_fn)
         return make_source(z, self._potential_fn, self._score_fn)
 
-    def _adapter(self, num_warmup, example, *, adapt_step_size, adapt_mass_matrix, target_accept_prob):
-        """``warmup_adapter`` for this kernel's ``dense_mass``; returns the initial adaptation state
-        as a function of ``(x, key, step_size, inverse_mass_matrix)`` at the flat position ``x``."""
-        _, self._unravel = ravel_pytree(example)
-        structured = not isinstance(self._dense_mass, bool)
-        self._site_index = site_index(example, self._dense_mass) if structured else None
-        wa_init, self._wa_update = warmup_adapter(
-            num_warmup,
-            adapt_step_size=adapt_step_size,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=self._dense_mass,
-            target_accept_prob=target_accept_prob,
-        )
-
-        def init(x, key, step_size, inverse_mass_matrix=None):
-            wa = wa_init((self._sites(x),), key, step_size, inverse_mass_matrix=inverse_mass_matrix,
-                         mass_matrix_size=x.shape[0])
-            return wa._replace(rng_key=None)
-
-        return init
-
-    def _sites(self, x):
-        """The flat position as the adapter sees it: by site for a structured mass matrix."""
-        return x if self._site_index is None else self._unravel(x)
+    def _adapter(self, num_warmup, example, **settings) -> StepAdaptation:
+        """The kernel's ``StepAdaptation`` (its ``dense_mass`` and the given settings) for
+        positions shaped like ``example``; kept for ``sample``."""
+        self._adaptation = StepAdaptation(num_warmup, example, dense_mass=self._dense_mass, **settings)
+        return self._adaptation
 
     def _metric(self, adapt_state) -> core.Metric:
-        return metric_of(adapt_state, self._site_index)
+        return self._adaptation.metric(adapt_state)
 
     def _adapt(self, i, accept_prob, x, adapt_state, warmup):
         """Warmup update of the step size and mass matrix at the flat position ``x``."""
-        def update(s):
-            return self._wa_update(i, accept_prob, (self._sites(x),), s)
-
-        return jax.lax.cond(warmup, update, lambda s: s, adapt_state)
+        return self._adaptation.update(i, accept_prob, x, adapt_state, warmup)
 
     def _running_mean(self, mean, value, i, warmup):
         """Mean of ``value`` over the current phase (warmup, then sampling) after step ``i``."""

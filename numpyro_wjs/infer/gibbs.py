@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 from jax import random
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.hmc_util import dual_averaging
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_wjs import validation
-from numpyro_wjs.core import gibbs, metropolis
+from numpyro_wjs.core import gibbs
+from numpyro_wjs.infer.adaptation import ScalarAdaptation
 from numpyro_wjs.infer.base import Kernel, check_mass
 from numpyro_wjs.infer.sources import check_finite_start
 
@@ -138,6 +138,8 @@ class GibbsWalkJump(Kernel):
         self._adapt_mass_matrix = adapt_mass_matrix
         self._dense_mass, _ = check_mass(dense_mass, None)
 
+    sample_stats = ("diverging", "accept_prob", "hop_accept_prob")
+
     # -- MCMCKernel interface ---------------------------------------------------------
     @property
     def sample_field(self):
@@ -158,14 +160,14 @@ class GibbsWalkJump(Kernel):
         rng_key, init_params, example = self._initial_params(
             rng_key, num_warmup, init_params, model_args, model_kwargs
         )
-        wa_init = self._adapter(
+        adaptation = self._adapter(
             num_warmup,
             example,
             adapt_step_size=self._adapt_step_size,
             adapt_mass_matrix=self._adapt_mass_matrix,
             target_accept_prob=0.574,
         )
-        self._sigma_init, self._sigma_update = dual_averaging()
+        self._sigma_adaptation = ScalarAdaptation(num_warmup, self._target_hop)
         step0 = self._inner_step_size if self._inner_step_size is not None else 0.25 * self._sigma0**2
 
         def init_one(z, key):
@@ -173,12 +175,12 @@ class GibbsWalkJump(Kernel):
             source = self._source(z, model_args, model_kwargs)
             x = ravel_pytree(z)[0]
             logp, g = jax.value_and_grad(source.logdensity)(x)
-            wa = wa_init(x, key_wa, step0)
+            wa = adaptation.init(x, key_wa, step0)
             sigma = jnp.asarray(self._sigma0, x.dtype)
             zero = jnp.zeros((), x.dtype)
             return GibbsWalkJumpState(
                 jnp.array(0), z, gibbs.noise_step(key_y, x, sigma), -logp, g, zero, zero, zero, zero,
-                jnp.array(False), sigma, sigma, self._sigma_init(jnp.log(sigma)), wa, key,
+                jnp.array(False), sigma, sigma, self._sigma_adaptation.init(sigma), wa, key,
             )
 
         state = self._start(init_one, init_params, rng_key)
@@ -205,7 +207,10 @@ class GibbsWalkJump(Kernel):
         adapt = self._adapt(i, info.mala_accept_prob, point.z, adapt, warmup)
         sigma_base, sigma_state = state.sigma_base, state.sigma_state
         if self._adapt_sigma:
-            sigma_base, sigma_state = self._adapt_noise(i, warmup, info.hop_accept_prob, sigma_base, sigma_state)
+            # a larger sigma proposes farther hops, which are accepted less often
+            sigma_base, sigma_state = self._sigma_adaptation.update(
+                i, info.hop_accept_prob, sigma_base, sigma_state, warmup
+            )
         return GibbsWalkJumpState(
             i + 1,
             source.unravel(point.z),
@@ -223,12 +228,3 @@ class GibbsWalkJump(Kernel):
             adapt,
             rng_key,
         )
-
-    def _adapt_noise(self, i, warmup, hop_accept, sigma, sigma_state):
-        """Dual averaging on ``log sigma`` towards ``target_hop_accept_prob`` during warmup."""
-        # a larger sigma proposes farther hops, which are accepted less often
-        new_state = self._sigma_update(self._target_hop - hop_accept, sigma_state)
-        last = i == self._num_warmup - 1
-        new_sigma = jnp.exp(jnp.where(last, new_state[1], new_state[0]))
-        sigma = jnp.where(warmup, new_sigma, sigma).astype(sigma.dtype)
-        return sigma, metropolis.select(warmup, new_state, sigma_state)

@@ -144,7 +144,7 @@ class _LangevinKernel(Kernel):
             raise ValueError(
                 f"{name}: inverse_mass_matrix has size {imm.shape[0]} but the position has {dim} entries."
             )
-        wa_init = self._adapter(
+        adaptation = self._adapter(
             num_warmup,
             example_z,
             adapt_step_size=self._adapt_step_size,
@@ -155,7 +155,7 @@ class _LangevinKernel(Kernel):
         def init_one(z, key):
             key, key_wa, key_core = random.split(key, 3)
             x = ravel_pytree(z)[0]
-            wa_state = wa_init(x, key_wa, self._step_size, imm)
+            wa_state = adaptation.init(x, key_wa, self._step_size, imm)
             source = self._source(z, model_args, model_kwargs)
             if source.logdensity is None:
                 logp, score = jnp.zeros((), x.dtype), source.score(x)
@@ -271,6 +271,8 @@ class ULA(_LangevinKernel):
     """
 
     _default_adapt_mass_matrix = True
+    #: ``accept_prob`` is the acceptance a Metropolis test would have had: never applied
+    sample_stats = ("diverging",)
 
     def __init__(self, model=None, potential_fn=None, score_fn=None, *, num_steps=16, **kwargs):
         super().__init__(model, potential_fn, score_fn, **kwargs)
@@ -419,6 +421,8 @@ class UnderdampedLangevin(_LangevinKernel):
     >>> bool(abs(float(mcmc.get_samples().var()) - 1.0) < 0.3)
     True
     """
+
+    sample_stats = ULA.sample_stats
 
     def __init__(self, model=None, potential_fn=None, score_fn=None, *, friction=1.0, **kwargs):
         super().__init__(model, potential_fn, score_fn, **kwargs)

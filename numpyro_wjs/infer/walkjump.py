@@ -198,10 +198,17 @@ class WalkJump(Kernel):
         self._adapt_step_size = (not underdamped) if adapt_step_size is None else adapt_step_size
         self._init_noisy = init_noisy
 
+    sample_stats = ("diverging", "accept_prob", "y")
+
     # -- MCMCKernel interface ---------------------------------------------------------
     @property
     def sample_field(self):
         return "x"
+
+    @property
+    def label(self) -> str:
+        """``WalkJump``, with the measurements and mode when ``M > 1``."""
+        return "WalkJump" if self._M == 1 else f"WalkJump (M={self._M}, {self._mode})"
 
     def postprocess_fn(self, args, kwargs):
         """Names the draws: ``{"x": x}``, the sample site in NumPyro and ArviZ output."""
@@ -261,12 +268,12 @@ class WalkJump(Kernel):
             "WalkJump", "the denoiser", lambda y: self._denoise(y, self._sigma), x_example,
             " It is called on one unbatched point (vmap handles chains).",
         )
-        wa_init = self._adapter(
+        adaptation = self._adapter(
             num_warmup,
-            jnp.zeros(1, x_example.dtype),  # the walk adapts its step only
+            jnp.zeros(0, x_example.dtype),  # the walk adapts its step only: no mass matrix
             adapt_step_size=self._adapt_step_size,
-            adapt_mass_matrix=False,
             target_accept_prob=self._target_accept_prob,
+            max_step_size=self._max_step_size,
         )
         score_fn = self._walk_score()
 
@@ -275,7 +282,7 @@ class WalkJump(Kernel):
             shape = ((self._M,) if self._joint else ()) + x0.shape
             noise = 0.0 if self._init_noisy else self._sigma * normal_like(key_noise, jnp.zeros(shape, x0.dtype))
             st = core.walk_init(jnp.broadcast_to(x0, shape) + noise, score_fn, key_v if self._underdamped else None)
-            wa = self._clip(wa_init(jnp.zeros(1, x0.dtype), key_wa, self._step_size))
+            wa = adaptation.init(jnp.zeros(0, x0.dtype), key_wa, self._step_size)
             zero = jnp.zeros((), x0.dtype)
             x = self._tweedie(st.y, st.score)
             return WalkJumpState(jnp.array(0), x, st.y, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
@@ -287,9 +294,6 @@ class WalkJump(Kernel):
         )
         return state
 
-    def _clip(self, adapt_state):
-        return adapt_state._replace(step_size=jnp.minimum(adapt_state.step_size, self._max_step_size))
-
     def _step(self, state, model_args, model_kwargs, warmup):
         walk = core.WalkState(state.y, state.velocity, state.score)
         walk, x, info = core.walk_jump_step(
@@ -298,8 +302,7 @@ class WalkJump(Kernel):
         )
         ok = jnp.all(jnp.isfinite(x))
         i = state.i
-        zeros = jnp.zeros(1, x.dtype)
-        adapt_state = self._clip(self._adapt(i, info.acceptance_rate, zeros, state.adapt_state, warmup))
+        adapt_state = self._adapt(i, info.acceptance_rate, jnp.zeros(0, x.dtype), state.adapt_state, warmup)
         return WalkJumpState(
             i + 1, jnp.where(ok, x, state.x), walk.y, walk.velocity, info.acceptance_rate,
             self._running_mean(state.mean_accept_prob, info.acceptance_rate, i, warmup),
