@@ -542,32 +542,29 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from flax import nnx
 
+    from numpyro_wjs.nn.registry import build_network
     from numpyro_wjs.nn.train import check_outside_package, train_denoiser
 
     sigma = _train_sigma(args)
-    images = args.data != "mixture"
-    unused = "--hidden" if images and args.hidden else "--channels" if not images and args.channels else None
-    if unused:
-        raise UsageError(
-            f"{unused} does not apply to --data {args.data} (images train a U-Net sized by --channels, "
-            "--data mixture an MLP sized by --hidden); drop it."
-        )
+    network = _TRAIN_NETWORKS["vectors" if args.data == "mixture" else "images"]
+    for other in _TRAIN_NETWORKS.values():
+        if other is not network and getattr(args, other.option):
+            raise UsageError(
+                f"--{other.option} does not apply to --data {args.data} (images train a U-Net sized by "
+                "--channels, --data mixture an MLP sized by --hidden); drop it."
+            )
     try:
         check_outside_package(Path(args.out or "wjs-denoiser"), "--out")
     except ValueError as err:
         raise UsageError(str(err)) from None
     _check_train_out(Path(args.out or "wjs-denoiser").expanduser(), args.overwrite)
     data, eval_data = _training_data(args)
-    conditional = isinstance(sigma, tuple)
-    rngs = nnx.Rngs(args.seed)
-    if images:
-        from numpyro_wjs.nn.denoisers import UNet
-
-        net = UNet(data.shape[-1], tuple(args.channels or (16, 32)), noise_conditional=conditional, rngs=rngs)
-    else:
-        from numpyro_wjs.nn.denoisers import MLP
-
-        net = MLP(data.shape[-1], tuple(args.hidden or (256, 256)), noise_conditional=conditional, rngs=rngs)
+    config = {
+        network.size: data.shape[-1],
+        network.option: list(getattr(args, network.option) or network.default),
+        "noise_conditional": isinstance(sigma, tuple),
+    }
+    net = build_network(network.architecture, config, nnx.Rngs(args.seed))
     out = _output_dir(args.out or "wjs-denoiser")
     result = train_denoiser(
         net, data, sigma, steps=args.steps or _TRAIN_STEPS, batch_size=args.batch_size, learning_rate=args.lr,
@@ -582,6 +579,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TrainNetwork(NamedTuple):
+    """A registered architecture ``train`` builds: ``size`` is set from the data's last
+    axis, ``option`` (a config entry and a CLI flag) sets the widths."""
+
+    architecture: str
+    size: str
+    option: str
+    default: tuple[int, ...]
+
+
+#: The network ``train`` builds (through ``numpyro_wjs.nn.registry``) for each kind of data.
+_TRAIN_NETWORKS = {
+    "images": _TrainNetwork("UNet", "in_channels", "channels", (16, 32)),
+    "vectors": _TrainNetwork("MLP", "dim", "hidden", (256, 256)),
+}
+
+
 def _check_train_out(out: Path, overwrite: bool) -> None:
     """Let ``train`` write only into a new or empty folder or one holding a training run.
 
@@ -591,8 +605,7 @@ def _check_train_out(out: Path, overwrite: bool) -> None:
     """
     import orbax.checkpoint as ocp
 
-    from numpyro_wjs.nn.checkpoints import is_checkpoint, step_paths
-    from numpyro_wjs.nn.train import _SAVED_MODEL_ENTRIES
+    from numpyro_wjs.nn.checkpoints import SAVED_MODEL_ENTRIES, is_checkpoint, step_paths
 
     if not out.is_dir():
         return
@@ -604,7 +617,7 @@ def _check_train_out(out: Path, overwrite: bool) -> None:
         )
     if step_paths(out):  # a training run: resumed, continued or (settings differ) refused by train_denoiser
         return
-    ours = _SAVED_MODEL_ENTRIES if saved_model else ()
+    ours = SAVED_MODEL_ENTRIES if saved_model else ()
     other = [p for p in _entries(out) if p.name not in ours and not ocp.utils.is_tmp_checkpoint(p)]
     if not other:
         return

@@ -632,7 +632,7 @@ def test_other_run_refused_unless_overwrite(checkpointed, data, tmp_path):
 
 def test_never_trains_inside_the_package(data):
     x, _ = data
-    target = train_module._PACKAGE_DIR / "nn" / "pretrained" / "mnist_denoiser"
+    target = Path(train_module.__file__).parent / "pretrained" / "mnist_denoiser"
     before = sorted(p.name for p in target.iterdir())
     for overwrite in (False, True):
         with pytest.raises(ValueError, match="inside the installed numpyro_wjs package"):

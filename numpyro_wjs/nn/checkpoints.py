@@ -32,24 +32,27 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from numpyro_wjs.nn.denoisers import MLP, UNet, is_noise_conditional
+from numpyro_wjs.nn.registry import ARCHITECTURES, architecture_name, build_network
 
 __all__ = [
-    "ARCHITECTURES",
     "CheckpointError",
+    "IncompatibleCheckpoint",
+    "SAVED_MODEL_ENTRIES",
     "checkpoint_metadata",
     "load_network",
     "network_metadata",
     "read_metadata",
-    "register_architecture",
     "restore",
     "save_network",
     "save_step",
     "step_manager",
+    "validated_metadata",
     "write_metadata",
 ]
 
 METADATA_FILE = "metadata.json"
+#: What ``save_network`` writes into a saved model's folder (Orbax's files included).
+SAVED_MODEL_ENTRIES = (METADATA_FILE, "weights", "train_state", "_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 class CheckpointError(ValueError):
@@ -163,13 +166,6 @@ def read_metadata(path: str | os.PathLike, required: Iterable[str] = ()) -> dict
 # ---------------------------------------------------------------------------
 # Network checkpoints: Orbax items + metadata.json
 
-ARCHITECTURES: dict[str, type[nnx.Module]] = {"MLP": MLP, "UNet": UNet}
-"""Network classes that checkpoints can name and loaders can rebuild, by name.
-
-Filled by ``register_architecture``; a checkpoint only names its class, so loading one
-never imports or runs code chosen by the file.
-"""
-
 FORMAT_VERSION = 2
 #: Checkpoint formats (what the network is) and the function that loads each.
 LOADERS = {
@@ -179,58 +175,6 @@ LOADERS = {
 #: Names of the step folders of a training run: ``step_00000100``.
 STEP_NAMES = ocp.step.standard_name_format(step_prefix="step", step_format_fixed_length=8)
 _RESERVED = {"format", "format_version", "architecture", "config", "step", "items", "files", "train"}
-
-
-def register_architecture(cls: type[nnx.Module], name: str | None = None) -> type[nnx.Module]:
-    """Let checkpoints name the network class ``cls`` and the loaders rebuild it.
-
-    A checkpoint stores the class's registered name and ``model.config`` (a dict of
-    JSON-serialisable constructor keyword arguments; ``{}`` when the module has no
-    ``config``); loading calls ``cls(**config, rngs=nnx.Rngs(0))`` and restores the
-    weights. Only classes registered in the running program can be rebuilt: a
-    checkpoint never names code to import. Call it (or use it as a class decorator)
-    before saving or loading. ``MLP``, ``UNet`` and ``DigitClassifier`` are registered
-    already.
-
-    Parameters
-    ----------
-    cls : type
-        A ``flax.nnx.Module`` subclass whose constructor accepts ``**config`` and
-        ``rngs``.
-    name : str, optional
-        Name stored in checkpoints; default ``cls.__name__``.
-
-    Returns
-    -------
-    type
-        ``cls`` (so that it works as a decorator).
-
-    Raises
-    ------
-    TypeError
-        If ``cls`` is not an NNX module class.
-    ValueError
-        If ``name`` is taken by another class.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
-        raise TypeError(f"register_architecture needs an nnx.Module subclass, got {cls!r}")
-    name = cls.__name__ if name is None else name
-    if ARCHITECTURES.setdefault(name, cls) is not cls:
-        raise ValueError(
-            f"architecture name {name!r} is taken by {ARCHITECTURES[name]}; pass another name="
-        )
-    return cls
-
-
-def architecture_name(model: nnx.Module) -> str:
-    """The registered name of ``model``'s class; ``TypeError`` if it has none."""
-    found = [name for name, cls in ARCHITECTURES.items() if cls is type(model)]
-    if not found:
-        raise TypeError(
-            f"cannot checkpoint {type(model).__qualname__}: register it first with "
-            f"numpyro_wjs.nn.train.register_architecture({type(model).__name__})"
-        )
-    return found[0]
 
 
 def check_json(name: str, value: Any) -> None:
@@ -251,7 +195,8 @@ def _library_version() -> str:
 def network_metadata(
     model: nnx.Module, fmt: str, step: int | None, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The metadata every checkpoint of ``model`` starts with, updated by ``extra``.
+    """The metadata every checkpoint of ``model`` starts with (format, library version,
+    registered architecture, ``model.config``, step), updated by ``extra``.
 
     ``extra`` may not set the entries the checkpoint code owns (``format``,
     ``architecture``, ``config``, ``step``, ...); ``ValueError`` if it does.
@@ -269,8 +214,6 @@ def network_metadata(
         "library_version": _library_version(),
         "architecture": architecture_name(model),
         "config": config,
-        "noise_conditional": is_noise_conditional(model),
-        "sigma": getattr(model, "sigma", None),
         "step": step,
         **extra,
     }
@@ -434,18 +377,38 @@ def newest_intact(path: str | os.PathLike, use: Callable[[Path], Any]) -> Any:
     raise first_error
 
 
-def checkpoint_metadata(path: Path, fmt: str) -> dict[str, Any]:
-    """The validated ``metadata.json`` of the checkpoint ``path`` (with ``path`` added).
+def checkpoint_metadata(path: str | os.PathLike, fmt: str | None = None) -> dict[str, Any]:
+    """Validated ``metadata.json`` of a checkpoint (or of the newest intact one of a
+    training folder), with ``path`` added.
 
-    Checks the entries every checkpoint has, the format ``fmt`` (one of ``LOADERS``),
-    the architecture's registration, the presence of every item and the SHA-256 of
-    every recorded file.
+    Parameters
+    ----------
+    path : str or Path
+        One checkpoint, or a folder of ``step_*`` checkpoints (a damaged newer one is
+        skipped with a warning).
+    fmt : str, optional
+        Required format (a key of ``LOADERS``); default any of them.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist or holds no checkpoint.
+    CheckpointError
+        If the metadata is missing, not valid JSON, lacks required entries, names
+        another format or an unregistered architecture, if a listed item is missing or
+        a file differs from its recorded SHA-256.
     """
+    return newest_intact(path, lambda checkpoint: validated_metadata(checkpoint, fmt))
+
+
+def validated_metadata(path: Path, fmt: str | None = None) -> dict[str, Any]:
+    """The ``metadata.json`` of the one checkpoint ``path``, checked as
+    ``checkpoint_metadata`` describes (``CheckpointError`` if damaged)."""
     meta_path = path / METADATA_FILE
     if not meta_path.exists():
         raise CheckpointError(f"incomplete checkpoint {path}: weights without metadata.json")
     meta = read_metadata(meta_path)
-    if meta.get("format") in LOADERS and meta["format"] != fmt:
+    if meta.get("format") in LOADERS and fmt is not None and meta["format"] != fmt:
         raise CheckpointError(
             f"{path} holds a {meta['format']} checkpoint, not a {fmt}: load it with "
             f"{LOADERS[meta['format']]}"
@@ -457,10 +420,11 @@ def checkpoint_metadata(path: Path, fmt: str) -> dict[str, Any]:
                 f"corrupt checkpoint {path}: metadata.json entry {key!r} is missing or not "
                 f"a {kind.__name__}"
             )
-    if meta["format"] != fmt or meta["format_version"] > FORMAT_VERSION:
+    known = meta["format"] == fmt if fmt is not None else meta["format"] in LOADERS
+    if not known or meta["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format {meta['format']!r} version {meta['format_version']}, "
-            f"expected {fmt!r} up to version {FORMAT_VERSION}"
+            f"expected {fmt or sorted(LOADERS)!r} up to version {FORMAT_VERSION}"
         )
     if meta["architecture"] not in ARCHITECTURES:
         raise CheckpointError(
@@ -557,14 +521,10 @@ def restore(path: Path, targets: Mapping[str, Any]) -> dict[str, Any]:
 
 def _build(meta: dict[str, Any]) -> nnx.Module:
     """The network named by the metadata, with placeholder (abstract) weights."""
-    cls = ARCHITECTURES[meta["architecture"]]
     try:
-        return nnx.eval_shape(lambda: cls(**meta["config"], rngs=nnx.Rngs(0)))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"checkpoint {meta['path']} has an invalid {meta['architecture']} config "
-            f"{meta['config']}: {err}"
-        ) from err
+        return nnx.eval_shape(lambda: build_network(meta["architecture"], meta["config"], nnx.Rngs(0)))
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {meta['path']} has an {err}") from err
 
 
 def load_network(path: str | os.PathLike, fmt: str) -> tuple[nnx.Module, dict[str, Any]]:
@@ -578,7 +538,7 @@ def load_network(path: str | os.PathLike, fmt: str) -> tuple[nnx.Module, dict[st
     """
 
     def load(checkpoint: Path) -> tuple[nnx.Module, dict[str, Any]]:
-        meta = checkpoint_metadata(checkpoint, fmt)
+        meta = validated_metadata(checkpoint, fmt)
         graphdef, state = nnx.split(_build(meta))
         nnx.replace_by_pure_dict(state, restore(checkpoint, {"weights": nnx.to_pure_dict(state)})["weights"])
         return nnx.merge(graphdef, state), meta

@@ -25,20 +25,20 @@ Example
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from jax.sharding import Mesh
 
 from numpyro_wjs.data import as_array, load_mnist
 from numpyro_wjs.nn.checkpoints import (
@@ -46,15 +46,17 @@ from numpyro_wjs.nn.checkpoints import (
     load_network,
     network_metadata,
     pure_params,
-    register_architecture,
     save_network,
 )
-from numpyro_wjs.validation import positive, positive_int
+from numpyro_wjs.nn.fit import TrainConfig, fit
+from numpyro_wjs.nn.registry import register_architecture
+from numpyro_wjs.validation import positive_int
 
 __all__ = [
+    "PRETRAINED_CLASSIFIER_DIR",
+    "ClassificationLoss",
     "ClassifierTrainInfo",
     "DigitClassifier",
-    "PRETRAINED_CLASSIFIER_DIR",
     "accuracy",
     "load_classifier",
     "load_pretrained_classifier",
@@ -204,35 +206,49 @@ def _augment(key: jax.Array, x: jax.Array, noise: float, shift: int) -> jax.Arra
     return x
 
 
-@functools.lru_cache(maxsize=16)
-def _adamw(learning_rate: float, weight_decay: float, steps: int) -> optax.GradientTransformation:
-    """AdamW with cosine decay; cached so that equal recipes share one compiled step."""
-    schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05)
-    return optax.adamw(schedule, weight_decay=weight_decay)
-
-
 def _loss_fn(model: DigitClassifier, images: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy ``-log softmax(g(x))_y``."""
     logits = model(images)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-@nnx.jit(static_argnames=("noise", "shift"))
-def _train_step(
-    model: DigitClassifier,
-    optimizer: nnx.Optimizer,
-    images: jax.Array,
-    labels: jax.Array,
-    index: jax.Array,
-    key: jax.Array,
-    noise: float,
-    shift: int,
-) -> jax.Array:
-    """One AdamW step on the mini-batch ``images[index]``; returns its loss."""
-    batch = _augment(key, images[index], noise, shift)
-    loss, grads = nnx.value_and_grad(_loss_fn)(model, batch, labels[index])
-    optimizer.update(model, grads)
-    return loss
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ClassificationLoss:
+    """The objective of ``train_classifier`` for ``fit``: the mean cross-entropy of a
+    batch ``(images, labels)``, the images augmented with the key of the step.
+
+    Attributes
+    ----------
+    augment_noise : float
+        If positive, blur half of the images and add Gaussian noise of standard
+        deviation ``~ U(0, augment_noise)`` per image.
+    augment_shift : int
+        Random translations of up to this many pixels.
+    """
+
+    augment_noise: float = jax.tree.static(default=0.0)
+    augment_shift: int = jax.tree.static(default=0)
+    format: ClassVar[str] = _FORMAT
+
+    def __post_init__(self) -> None:
+        if not self.augment_noise >= 0 or not math.isfinite(self.augment_noise):
+            raise ValueError(f"augment_noise must be >= 0 and finite, got {self.augment_noise}.")
+        object.__setattr__(self, "augment_noise", float(self.augment_noise))
+        object.__setattr__(self, "augment_shift", positive_int("augment_shift", self.augment_shift, minimum=0))
+
+    def __call__(self, model: nnx.Module, batch: tuple[jax.Array, jax.Array], key: jax.Array) -> jax.Array:
+        images, labels = batch
+        return _loss_fn(model, _augment(key, images, self.augment_noise, self.augment_shift), labels)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The augmentation, recorded with the training config."""
+        return {"augment_noise": self.augment_noise, "augment_shift": self.augment_shift}
+
+    def metadata(self, model: nnx.Module) -> dict[str, Any]:
+        """The pixel scaling, recorded in each checkpoint."""
+        return {"pixel_scaling": _PIXEL_SCALING}
 
 
 @nnx.jit
@@ -302,13 +318,16 @@ def train_classifier(
     num_classes: int = 10,
     channels: Sequence[int] = (16, 32),
     hidden: int = 64,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[DigitClassifier, ClassifierTrainInfo]:
     """Fit a ``DigitClassifier`` by minimising the cross-entropy with AdamW.
 
-    Mini-batches are drawn without replacement within each epoch. The learning rate
-    follows a cosine decay ``lr_t = lr (0.05 + 0.95 (1 + cos(pi t / steps)) / 2)``.
-    Training is deterministic given ``seed`` (initialisation, batch order and
-    augmentation all derive from it).
+    ``numpyro_wjs.nn.fit.fit`` with ``ClassificationLoss`` and a ``TrainConfig``
+    without warmup, clipping or EMA. Mini-batches are drawn without replacement within
+    each epoch (``sampling="epochs"``). The learning rate follows a cosine decay
+    ``lr_t = lr (0.05 + 0.95 (1 + cos(pi t / steps)) / 2)``. Training is deterministic
+    given ``seed`` (initialisation, batch order and augmentation all derive from it).
 
     Parameters
     ----------
@@ -336,6 +355,9 @@ def train_classifier(
         Random translations of up to this many pixels.
     num_classes, channels, hidden
         Architecture, see ``DigitClassifier``.
+    checkpoint_dir, checkpoint_every
+        Resumable training checkpoints, as in ``fit`` (``load_classifier`` reads the
+        newest); default none.
 
     Returns
     -------
@@ -353,18 +375,12 @@ def train_classifier(
     if images.ndim != 4:
         raise ValueError(f"images must be NHWC (N, H, W, C), got shape {images.shape}.")
     labels = _check_labels(labels, images.shape[0], num_classes)
-    n = images.shape[0]
-    steps = positive_int("steps", steps)
-    if not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be in [1, {n}] (the number of images), got {batch_size}.")
-    positive("learning_rate", learning_rate)
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
-    if not augment_noise >= 0 or not math.isfinite(augment_noise):
-        raise ValueError(f"augment_noise must be >= 0 and finite, got {augment_noise}.")
-    if augment_shift < 0:
-        raise ValueError(f"augment_shift must be >= 0, got {augment_shift}.")
-
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=0,
+        final_lr_fraction=0.05, grad_clip=None, weight_decay=weight_decay, ema_decay=None,
+        sampling="epochs", seed=seed,
+    )
+    objective = ClassificationLoss(augment_noise, augment_shift)
     model = DigitClassifier(
         rngs=nnx.Rngs(seed),
         image_shape=images.shape[1:],
@@ -372,43 +388,14 @@ def train_classifier(
         channels=channels,
         hidden=hidden,
     )
-    optimizer = nnx.Optimizer(
-        model, _adamw(float(learning_rate), float(weight_decay), int(steps)), wrt=nnx.Param
+    result = fit(
+        model, objective, (images, labels), config, key=jax.random.key(seed),
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+        mesh=Mesh(np.array(jax.local_devices()[:1]), ("data",)),  # one device, as always
+        progress_bar=progress_bar, desc="classifier",
     )
-    x, y = jnp.asarray(images), jnp.asarray(labels)
-    order_rng = np.random.default_rng(seed)
-    key = jax.random.key(seed)
-    order, cursor = order_rng.permutation(n), 0
-    losses = []
-    with tqdm(total=int(steps), disable=not progress_bar, desc="classifier") as bar:
-        for step in range(int(steps)):
-            if cursor + batch_size > n:
-                order, cursor = order_rng.permutation(n), 0
-            index = jnp.asarray(order[cursor : cursor + batch_size])
-            cursor += batch_size
-            loss = _train_step(
-                model,
-                optimizer,
-                x,
-                y,
-                index,
-                jax.random.fold_in(key, step),
-                float(augment_noise),
-                int(augment_shift),
-            )
-            losses.append(loss)
-            if (step + 1) % 50 == 0 or step + 1 == steps:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-                bar.update((step + 1) - bar.n)
-    losses = np.asarray(jnp.stack(losses))
-    if not np.isfinite(losses).all():
-        first = int(np.argmin(np.isfinite(losses)))
-        raise FloatingPointError(
-            f"classifier loss became non-finite at step {first}; lower learning_rate "
-            f"(got {learning_rate}) or check the images for extreme values."
-        )
     eval_accuracy = None if eval_data is None else accuracy(model, *eval_data)
-    return model, ClassifierTrainInfo(losses=losses, eval_accuracy=eval_accuracy)
+    return model, ClassifierTrainInfo(losses=result.loss_history, eval_accuracy=eval_accuracy)
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -5,11 +5,11 @@ A denoiser ``xhat`` trained on (theory.md section 4)::
     L(theta) = E_{x ~ p_X, eps ~ N(0, I)} || x - xhat_theta(x + sigma eps) ||^2
 
 estimates ``E[X | y]``, hence the score ``(xhat(y) - y) / sigma^2`` of the smoothed
-density (Tweedie-Miyasawa). ``train_denoiser`` minimises a Monte Carlo estimate of
-``L`` with AdamW, keeps an exponential moving average (EMA) of the weights, evaluates
-held-out error, shards batches over several devices and checkpoints/resumes with
-Orbax. ``load_denoiser`` rebuilds a trained network from a checkpoint directory
-alone.
+density (Tweedie-Miyasawa). ``DenoisingLoss`` is a Monte Carlo estimate of ``L``;
+``train_denoiser`` minimises it with the package's one trainer,
+``numpyro_wjs.nn.fit.fit`` (AdamW, an exponential moving average of the weights,
+held-out error, data parallelism, Orbax checkpoints and resume). ``load_denoiser``
+rebuilds a trained network from a checkpoint directory alone.
 
 Checkpoint layout (one directory per checkpoint, ``numpyro_wjs.nn.checkpoints``)::
 
@@ -19,63 +19,56 @@ Checkpoint layout (one directory per checkpoint, ``numpyro_wjs.nn.checkpoints``)
     train_state/    Orbax PyTree: raw weights, optimizer state, loss history
                     (training checkpoints; optimizer state only for save_checkpoint)
 
-``train_denoiser(..., checkpoint_dir=d)`` writes ``d/step_00000100/`` etc. through an
-Orbax ``CheckpointManager`` (written under a temporary name and renamed when
-complete; Ctrl-C waits for the save to end). Any Flax NNX module called as
-``model(y)`` or ``model(y, s)`` trains; checkpoints name its class, which
-``register_architecture`` makes loadable (the package's ``MLP`` and ``UNet`` are
-registered).
+Any Flax NNX module called as ``model(y)`` or ``model(y, s)`` trains; checkpoints name
+its class, which ``register_architecture`` makes loadable (the package's ``MLP`` and
+``UNet`` are registered).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import itertools
-import logging
 import math
-import shutil
-import sys
-import time
+import numbers
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
+from jax.sharding import Mesh, NamedSharding
 
 from numpyro_wjs.nn.checkpoints import (
-    ARCHITECTURES,
     CheckpointError,
-    IncompatibleCheckpoint,
-    architecture_name,
     check_json,
-    is_checkpoint,
+    checkpoint_metadata,
     load_network,
     network_metadata,
-    newest_intact,
     pure_params,
-    register_architecture,
-    restore,
     save_network,
-    save_step,
-    step_manager,
-    step_paths,
 )
-from numpyro_wjs.nn.checkpoints import checkpoint_metadata as _checked_metadata
 from numpyro_wjs.nn.denoisers import Denoiser, edm_preconditioning, is_noise_conditional
+from numpyro_wjs.nn.fit import (
+    Evaluation,
+    TrainConfig,
+    check_outside_package,
+    ema_update,
+    fit,
+    fit_step,
+    is_batch_stream,
+)
+from numpyro_wjs.nn.registry import register_architecture
 from numpyro_wjs.validation import positive, positive_int, positive_range
 
 __all__ = [
     "CheckpointError",
+    "DenoisingLoss",
     "TrainResult",
+    "check_outside_package",
     "checkpoint_metadata",
     "denoising_errors",
     "ema_update",
@@ -89,13 +82,7 @@ __all__ = [
     "train_step",
 ]
 
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent
-_log = logging.getLogger(__name__)
-
 FORMAT = "numpyro_wjs.denoiser"
-#: What ``save_checkpoint`` writes beside its Orbax items: removed by ``overwrite``.
-_SAVED_MODEL_ENTRIES = ("metadata.json", "weights", "train_state", "_CHECKPOINT_METADATA", "commit_success.txt")
-_LOG_EVERY = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +114,7 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------
-# Loss, step, EMA
+# Loss, objective, steps
 
 
 def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
@@ -202,6 +189,60 @@ def loss_fn(
     return jnp.mean(weight * jnp.sum((batch - xhat) ** 2, axis=event_axes))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DenoisingLoss:
+    """The objective of ``train_denoiser`` for ``fit``: ``loss_fn`` at noise ``sigma``.
+
+    ``objective(model, batch, k_t)`` draws the noise from ``split(k_t)[1]``. A JAX
+    pytree: ``sigma`` is traced, ``noise_levels`` is static.
+
+    Attributes
+    ----------
+    sigma : float or (float, float)
+        Training noise level; a range ``(lo, hi)`` for a noise-conditional network.
+    noise_levels : (float, float), optional
+        Mean and standard deviation of ``ln s`` for a range (see ``loss_fn``);
+        default log-uniform.
+    """
+
+    sigma: Any
+    noise_levels: tuple[float, float] | None = jax.tree.static(default=None)
+    format: ClassVar[str] = FORMAT
+
+    def __post_init__(self) -> None:
+        values = self.sigma if isinstance(self.sigma, (tuple, list)) else (self.sigma,)
+        if all(isinstance(v, numbers.Real) and not isinstance(v, jax.Array) for v in values):
+            # as built by the user (JAX rebuilds it with arrays and placeholders)
+            object.__setattr__(self, "sigma", _valid_sigma(self.sigma))
+            object.__setattr__(self, "noise_levels", _valid_noise_levels(self.sigma, self.noise_levels))
+
+    def __call__(self, model: nnx.Module, batch: jax.Array, key: jax.Array) -> jax.Array:
+        """``loss_fn`` on ``batch`` with the noise of ``split(key)[1]``."""
+        sigma = jnp.asarray(self.sigma, batch.dtype)
+        return loss_fn(model, batch, jax.random.split(key)[1], sigma, self.noise_levels)
+
+    def prepare(self, model: nnx.Module) -> None:
+        """Check that ``sigma`` suits ``model``; a fixed-sigma ``Denoiser`` gets
+        ``model.sigma = sigma``."""
+        _valid_noise_levels(_valid_sigma(self.sigma), self.noise_levels)
+        _check_sigma(model, self.sigma)
+        if isinstance(model, Denoiser) and not model.noise_conditional:
+            model.sigma = self.sigma
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """``sigma`` and ``noise_levels`` as JSON, recorded with the training config."""
+        return {
+            "sigma": list(self.sigma) if isinstance(self.sigma, tuple) else self.sigma,
+            "noise_levels": None if self.noise_levels is None else list(self.noise_levels),
+        }
+
+    def metadata(self, model: nnx.Module) -> dict[str, Any]:
+        """The denoiser entries of each checkpoint: ``sigma`` and ``noise_conditional``."""
+        return {"sigma": self.settings["sigma"], "noise_conditional": is_noise_conditional(model)}
+
+
 @functools.partial(nnx.jit, static_argnames=("noise_levels",))
 def train_step(
     model: nnx.Module,
@@ -217,14 +258,6 @@ def train_step(
     return loss
 
 
-@nnx.jit
-def ema_update(ema_model: nnx.Module, model: nnx.Module, decay: jax.Array) -> None:
-    """``theta_ema <- decay * theta_ema + (1 - decay) * theta`` in place."""
-    ema = nnx.state(ema_model, nnx.Param)
-    params = nnx.state(model, nnx.Param)
-    nnx.update(ema_model, jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params))
-
-
 @functools.partial(nnx.jit, static_argnames=("ema_decay", "noise_levels"))
 def train_on_batch(
     model: nnx.Module,
@@ -238,17 +271,14 @@ def train_on_batch(
     ema_decay: float,
     noise_levels: tuple[float, float] | None = None,
 ) -> jax.Array:
-    """Step ``step`` of training on a given batch: ``train_step``, then ``ema_update``.
+    """Step ``step`` of training on a given batch: ``fit_step`` with ``DenoisingLoss``.
 
     The noise comes from ``fold_in(key, step)`` (the second of its two splits), as in
     ``train_iteration``; the EMA decay is warmed up as
     ``min(ema_decay, (1 + t) / (10 + t))``.
     """
-    key_noise = jax.random.split(jax.random.fold_in(key, step))[1]
-    loss = train_step(model, optimizer, batch, key_noise, sigma, noise_levels)
-    decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-    ema_update(ema_model, model, decay)
-    return loss
+    return fit_step(model, optimizer, ema_model, DenoisingLoss(sigma, noise_levels), None, batch, key,
+                    step, batch_size=batch.shape[0], ema_decay=ema_decay)
 
 
 @functools.partial(
@@ -268,7 +298,8 @@ def train_iteration(
     batch_sharding: NamedSharding | None = None,
     noise_levels: tuple[float, float] | None = None,
 ) -> jax.Array:
-    """Step ``step`` of training: draw a batch from ``data``, then ``train_on_batch``.
+    """Step ``step`` of ``train_denoiser`` on the array ``data`` (``fit_step`` with
+    ``DenoisingLoss``).
 
     The batch is ``batch_size`` indices drawn uniformly with replacement, and every
     random number of step ``t`` comes from ``fold_in(key, t)`` (batch indices from its
@@ -276,14 +307,8 @@ def train_iteration(
     key and resuming at any step reproduces it. With ``batch_sharding`` the batch is
     split over devices (data parallelism).
     """
-    key_batch = jax.random.split(jax.random.fold_in(key, step))[0]
-    batch = data[jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])]
-    if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_on_batch(
-        model, optimizer, ema_model, batch, key, step, sigma,
-        ema_decay=ema_decay, noise_levels=noise_levels,
-    )
+    return fit_step(model, optimizer, ema_model, DenoisingLoss(sigma, noise_levels), data, None, key,
+                    step, batch_size=batch_size, ema_decay=ema_decay, batch_sharding=batch_sharding)
 
 
 @nnx.jit
@@ -347,16 +372,35 @@ def denoising_errors(
 # Validation
 
 
-def _check_sigma(model: nnx.Module, sigma: Any) -> float | tuple[float, float]:
+def _valid_sigma(sigma: Any) -> float | tuple[float, float]:
+    """``sigma`` as a float, or as a range ``(lo, hi)`` with ``0 < lo < hi``."""
     if isinstance(sigma, (tuple, list)):
-        lo, hi = positive_range("sigma", sigma, strict=True)
+        return positive_range("sigma", sigma, strict=True)
+    return positive("sigma", sigma)
+
+
+def _valid_noise_levels(sigma: Any, noise_levels: Any) -> tuple[float, float] | None:
+    """``noise_levels`` as ``(mean, std)`` of ``ln s`` with ``std > 0``, for a range ``sigma``."""
+    if noise_levels is not None and not isinstance(sigma, tuple):
+        raise ValueError("noise_levels needs a noise-conditional network and a sigma range (lo, hi)")
+    if noise_levels is None:
+        return None
+    levels = tuple(float(v) for v in noise_levels)
+    if len(levels) != 2 or not (math.isfinite(levels[0]) and levels[1] > 0):
+        raise ValueError(f"noise_levels must be (mean, std) of ln s with std > 0, got {levels!r}")
+    return levels
+
+
+def _check_sigma(model: nnx.Module, sigma: float | tuple[float, float]) -> None:
+    """``ValueError`` unless the (valid) ``sigma`` suits ``model``: a range for a
+    noise-conditional network, else a float equal to ``model.sigma`` if it has one."""
+    if isinstance(sigma, tuple):
         if not is_noise_conditional(model):
             raise ValueError(
                 f"sigma={sigma!r} is a range but the model is a fixed-sigma network: pass a "
                 "float, or use a model called as model(y, s)"
             )
-        return lo, hi
-    sigma = positive("sigma", sigma)
+        return
     if is_noise_conditional(model):
         raise ValueError(
             f"the model is noise-conditional: pass a noise range sigma=(lo, hi), not {sigma!r}"
@@ -365,7 +409,6 @@ def _check_sigma(model: nnx.Module, sigma: Any) -> float | tuple[float, float]:
         raise ValueError(
             f"the model was built for sigma={model.sigma} but training asked for sigma={sigma}"
         )
-    return sigma
 
 
 def _check_data(model: nnx.Module, data: Any, name: str) -> np.ndarray:
@@ -390,57 +433,8 @@ def _check_data(model: nnx.Module, data: Any, name: str) -> np.ndarray:
     return data
 
 
-def _data_mesh(mesh: Mesh | None, batch_size: int) -> Mesh | None:
-    if mesh is None:
-        devices = jax.local_devices()
-        if len(devices) < 2:
-            return None
-        mesh = Mesh(np.array(devices), ("data",))
-    if "data" not in mesh.axis_names:
-        raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
-    if batch_size % mesh.shape["data"]:
-        raise ValueError(
-            f"batch_size={batch_size} must be divisible by the {mesh.shape['data']} devices "
-            "of the mesh's 'data' axis"
-        )
-    return mesh
-
-
 # ---------------------------------------------------------------------------
 # Training
-
-
-@functools.lru_cache(maxsize=16)
-def _default_optimizer(
-    steps: int,
-    learning_rate: float,
-    warmup_steps: int,
-    grad_clip: float | None,
-    weight_decay: float,
-) -> optax.GradientTransformation:
-    """AdamW with linear warmup to ``learning_rate`` then cosine decay to 1% of it.
-
-    Cached, so that equal settings give the same object and compiled steps are reused.
-    """
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=learning_rate,
-        warmup_steps=warmup_steps,
-        decay_steps=max(steps, warmup_steps + 1),
-        end_value=0.01 * learning_rate,
-    )
-    adamw = optax.adamw(schedule, weight_decay=weight_decay)
-    if grad_clip is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
-
-
-def _is_batch_stream(data: Any) -> bool:
-    """Whether ``data`` is an iterable of batches (generator, Grain or tf.data pipeline)
-    rather than one array."""
-    if isinstance(data, (np.ndarray, jax.Array, list, tuple)) or hasattr(data, "__array__"):
-        return False
-    return hasattr(data, "__iter__") or hasattr(data, "__next__")
 
 
 def train_denoiser(
@@ -472,7 +466,8 @@ def train_denoiser(
 ) -> TrainResult:
     """Train a denoiser by least squares, ``min E||x - xhat(x + s eps)||^2``.
 
-    Each step takes ``batch_size`` clean samples (drawn uniformly with replacement
+    ``fit`` with ``DenoisingLoss(sigma, noise_levels)`` and a ``TrainConfig`` of the
+    settings below; the held-out MSE is its ``Evaluation``. Each step takes ``batch_size`` clean samples (drawn uniformly with replacement
     from an array ``data``, or the next batch of an iterable ``data``), adds noise,
     takes an optimizer step on ``loss_fn`` and updates an EMA of the weights. With
     more than one local device (or a given ``mesh``) the batch is sharded over the
@@ -532,7 +527,7 @@ def train_denoiser(
     eval_data : array, optional
         Held-out clean samples; the EMA network's mean squared error on them (fixed
         noise from ``seed``) is recorded every ``eval_every`` steps and at the end, and
-        shown in the progress bar and the ``numpyro_wjs.nn.train`` log.
+        shown in the progress bar and the ``numpyro_wjs.nn.fit`` log.
     eval_every : int, optional
         Default ``max(1, steps // 10)``.
     eval_sigmas : sequence of float, optional
@@ -593,209 +588,53 @@ def train_denoiser(
         raise TypeError(
             f"model must be a Flax NNX module called as model(y) or model(y, s), got {type(model)}"
         )
-    steps = positive_int("steps", steps)
-    batch_size = positive_int("batch_size", batch_size)
-    sigma = _check_sigma(model, sigma)
-    batches = None
-    if _is_batch_stream(data):
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
+        grad_clip=grad_clip, weight_decay=weight_decay, ema_decay=ema_decay, seed=seed,
+    )
+    sigma = _valid_sigma(sigma)
+    _check_sigma(model, sigma)
+    objective = DenoisingLoss(sigma, noise_levels)
+    if is_batch_stream(data):
         batches = iter(data)
         first = next(batches, None)
         if first is None:
             raise ValueError("data yielded no batches")
-        first = _check_data(model, first, "the first batch of data")
-        batches = itertools.chain([first], batches)
-        data_shape = first.shape[1:]
+        data = itertools.chain([_check_data(model, first, "the first batch of data")], batches)
     else:
         data = _check_data(model, data, "data")
-        data_shape = data.shape[1:]
-    if eval_data is not None:
-        eval_data = _check_data(model, eval_data, "eval_data")
-    if noise_levels is not None:
-        if not isinstance(sigma, tuple):
-            raise ValueError("noise_levels needs a noise-conditional network and a sigma range (lo, hi)")
-        noise_levels = tuple(float(v) for v in noise_levels)
-        if len(noise_levels) != 2 or not (math.isfinite(noise_levels[0]) and noise_levels[1] > 0):
-            raise ValueError(
-                f"noise_levels must be (mean, std) of ln s with std > 0, got {noise_levels!r}"
-            )
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
-    positive("learning_rate", learning_rate)
-    if grad_clip is not None:
-        positive("grad_clip", grad_clip)
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    eval_every = positive_int("eval_every", eval_every or max(1, steps // 10))
-    checkpoint_every = positive_int(
-        "checkpoint_every", checkpoint_every or max(1, steps // 10)
-    )
-    keep_checkpoints = positive_int("keep_checkpoints", keep_checkpoints)
-    mesh = _data_mesh(mesh, batch_size)
     check_json("normalisation", normalisation)
-    previous: dict[str, Any] = {}
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        network_metadata(model, FORMAT, None)  # an unregistered class fails now, not after training
-        _prepare_checkpoint_dir(checkpoint_dir, overwrite)
-        previous = _previous_settings(checkpoint_dir)
-    if warmup_steps is None:
-        warmup_steps = previous.get("warmup_steps", min(1000, steps // 10))
-    warmup_steps = positive_int("warmup_steps", warmup_steps, minimum=0)
-
-    if isinstance(model, Denoiser) and not model.noise_conditional:
-        model.sigma = sigma
-    if optimizer is None:
-        tx = _default_optimizer(steps, learning_rate, warmup_steps, grad_clip, weight_decay)
-    else:
-        tx = optimizer
-    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    ema_model = nnx.clone(model)
-    train_settings = {
-        "sigma": list(sigma) if isinstance(sigma, tuple) else sigma,
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": int(seed),
-        "optimizer": "custom" if optimizer is not None else "adamw",
-        "learning_rate": learning_rate,
-        "warmup_steps": warmup_steps,
-        "grad_clip": grad_clip,
-        "weight_decay": weight_decay,
-        "ema_decay": ema_decay,
-        "num_examples": None if batches is not None else int(data.shape[0]),
-    }
-    train_settings["noise_levels"] = None if noise_levels is None else list(noise_levels)
     if eval_sigmas is None:
         eval_sigmas = np.geomspace(sigma[0], sigma[1], 3) if isinstance(sigma, tuple) else [sigma]
     eval_sigmas = np.asarray(eval_sigmas, dtype=np.float64).reshape(-1)
     for s in eval_sigmas:
         positive("eval_sigmas", float(s))
-
-    start, losses, eval_steps, eval_mse = 0, [], [], []
-    if checkpoint_dir is not None and step_paths(checkpoint_dir):
-        start, losses, eval_steps, eval_mse = newest_intact(
-            checkpoint_dir,
-            lambda path: _resume(path, model, opt, ema_model, train_settings, data_shape),
+    eval_every = positive_int("eval_every", eval_every or max(1, steps // 10))
+    train_key, eval_key = jax.random.split(jax.random.key(config.seed))
+    evaluation = None
+    if eval_data is not None:
+        eval_data = _check_data(model, eval_data, "eval_data")
+        evaluation = Evaluation(
+            score=lambda net: [
+                denoising_errors(net, eval_data, float(s), key=eval_key).mean(dtype=np.float64)
+                for s in eval_sigmas
+            ],
+            at=tuple(eval_sigmas.tolist()),
+            every=eval_every,
         )
-
-    if mesh is not None:
-        replicated = NamedSharding(mesh, PartitionSpec())
-        batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    else:
-        replicated = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        batch_sharding = None
-    state = nnx.state((model, opt, ema_model))
-    nnx.update((model, opt, ema_model), jax.device_put(state, replicated))
-    if batches is None:
-        data_device = jax.device_put(jnp.asarray(data), replicated)
-        dtype = data_device.dtype
-    else:
-        dtype = jnp.asarray(first).dtype
-    sigma_device = jax.device_put(jnp.asarray(sigma, dtype), replicated)
-    train_key, eval_key = jax.random.split(jax.random.key(seed))
-    if batches is None:
-        iteration = functools.partial(
-            nnx.cached_partial(train_iteration, model, opt, ema_model), data_device,
-            batch_size=batch_size, ema_decay=ema_decay, batch_sharding=batch_sharding,
-            noise_levels=noise_levels,
-        )
-    else:
-        on_batch = functools.partial(
-            nnx.cached_partial(train_on_batch, model, opt, ema_model),
-            ema_decay=ema_decay, noise_levels=noise_levels,
-        )
-
-        def iteration(key: jax.Array, step: jax.Array, sigma: jax.Array) -> jax.Array:
-            batch = next(batches, None)
-            if batch is None:
-                raise ValueError(
-                    f"data ran out of batches at step {int(step)} of {steps}; pass an "
-                    "iterable that yields at least `steps` batches (e.g. repeat the dataset)"
-                )
-            batch = _check_data(model, batch, f"batch {int(step)} of data")
-            if batch.shape != (batch_size, *data_shape):
-                raise ValueError(
-                    f"batch {int(step)} of data has shape {batch.shape}, expected "
-                    f"{(batch_size, *data_shape)} (batch_size, *event_shape); drop incomplete "
-                    "batches (e.g. drop_remainder=True)"
-                )
-            return on_batch(jax.device_put(batch, batch_sharding or replicated), key, step, sigma)
-
-    def evaluate(step: int) -> dict[str, float]:
-        errors = [
-            denoising_errors(ema_model, eval_data, float(s), key=eval_key).mean(dtype=np.float64)
-            for s in eval_sigmas
-        ]
-        eval_steps.append(step)
-        eval_mse.append(errors)
-        return {f"{s:g}": float(e) for s, e in zip(eval_sigmas, errors)}
-
-    pending: list[jax.Array] = []
-
-    def flush(step: int) -> float:
-        new = np.asarray(jax.device_get(pending), dtype=np.float64)
-        pending.clear()
-        if not np.all(np.isfinite(new)):
-            bad = step - len(new) + int(np.argmin(np.isfinite(new)))
-            raise FloatingPointError(
-                f"training loss became {new[~np.isfinite(new)][0]} at step {bad}; lower "
-                "learning_rate, enable grad_clip or check the data scaling"
-            )
-        losses.extend(new.tolist())
-        return float(np.mean(losses[-_LOG_EVERY:]))
-
-    if start >= steps:  # a finished run: one line instead of a full bar
-        done_message = (f"the run in {checkpoint_dir} is already complete at step {start}; "
-                        f"to train it further, pass steps > {start} (CLI: a larger --steps)")
-        _log.info(done_message)
-        if progress_bar:
-            print(f"train: {done_message}", file=sys.stderr, flush=True)
-    postfix: dict[str, str] = {}
-    last_time, last_step = time.perf_counter(), start
-    manager = None
-    with tqdm(total=steps, initial=start, disable=not progress_bar or start >= steps, desc="train") as bar, \
-            contextlib.ExitStack() as closing:
-        for step in range(start, steps):
-            pending.append(iteration(train_key, jnp.int32(step), sigma_device))
-            done = step + 1
-            bar.update(1)
-            evaluate_now = eval_data is not None and (done % eval_every == 0 or done == steps)
-            save_now = checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps)
-            if not (evaluate_now or save_now or done % _LOG_EVERY == 0 or done == steps):
-                continue
-            metrics: dict[str, Any] = {"loss": flush(done)}
-            now = time.perf_counter()
-            metrics["images_per_second"] = (done - last_step) * batch_size / max(now - last_time, 1e-9)
-            last_time, last_step = now, done
-            postfix["loss"] = f"{metrics['loss']:.4g}"
-            postfix["img/s"] = f"{metrics['images_per_second']:.0f}"
-            if evaluate_now:
-                metrics["heldout_mse"] = evaluate(done)
-                postfix["heldout_mse"] = "/".join(f"{v:.4g}" for v in metrics["heldout_mse"].values())
-                _log.info(
-                    "step %d: loss %s, %s images/s, held-out MSE %s",
-                    done, postfix["loss"], postfix["img/s"], metrics["heldout_mse"],
-                )
-            bar.set_postfix(postfix)
-            if callback is not None:
-                callback(done, metrics)
-            if save_now:
-                if manager is None:
-                    manager = step_manager(checkpoint_dir, keep_checkpoints)
-                    closing.callback(manager.close)
-                _save_training_checkpoint(
-                    manager, done, model, opt, ema_model, losses, eval_steps, eval_sigmas,
-                    eval_mse, train_settings, data_shape, normalisation,
-                )
-
+    result = fit(
+        model, objective, data, config, [] if callback is None else [callback],
+        evaluation=evaluation, optimizer=optimizer, key=train_key, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, overwrite=overwrite,
+        metadata={"normalisation": normalisation}, mesh=mesh, progress_bar=progress_bar, desc="train",
+    )
     return TrainResult(
-        ema_model=ema_model,
-        model=model,
-        loss_history=np.asarray(losses, dtype=np.float32),
-        eval_steps=np.asarray(eval_steps, dtype=np.int64),
+        ema_model=result.ema_model,
+        model=result.model,
+        loss_history=result.loss_history,
+        eval_steps=result.eval_steps,
         eval_sigmas=eval_sigmas,
-        eval_mse=np.asarray(eval_mse, dtype=np.float64).reshape(len(eval_steps), len(eval_sigmas)),
+        eval_mse=result.eval_values.reshape(len(result.eval_steps), len(eval_sigmas)),
     )
 
 
@@ -837,100 +676,13 @@ def save_checkpoint(
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be a Flax NNX module, got {type(model)}")
-    meta = network_metadata(model, FORMAT, step, metadata)
+    meta = network_metadata(model, FORMAT, step, {
+        "noise_conditional": is_noise_conditional(model), "sigma": getattr(model, "sigma", None), **(metadata or {}),
+    })
     items = {"weights": pure_params(model)}
     if optimizer is not None:
         items["train_state"] = {"optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
     return save_network(path, items, meta)
-
-
-def _save_training_checkpoint(
-    manager: ocp.CheckpointManager, step: int, model: nnx.Module, opt: nnx.Optimizer,
-    ema_model: nnx.Module, losses: list[float], eval_steps: list[int], eval_sigmas: np.ndarray,
-    eval_mse: list[list[float]], train_settings: dict[str, Any],
-    data_shape: tuple[int, ...], normalisation: Mapping[str, Any] | None,
-) -> None:
-    meta = network_metadata(ema_model, FORMAT, step, {
-        "sigma": train_settings["sigma"],
-        "data_shape": list(data_shape),
-        "normalisation": normalisation,
-        "eval_history": {
-            "steps": list(eval_steps),
-            "sigmas": eval_sigmas.tolist(),
-            "mse": [list(map(float, row)) for row in eval_mse],
-        },
-    })
-    meta["train"] = train_settings
-    items = {
-        "weights": pure_params(ema_model),
-        "train_state": {
-            "params": pure_params(model),
-            "optimizer": nnx.to_pure_dict(nnx.state(opt)),
-            "losses": np.asarray(losses, dtype=np.float32),
-        },
-    }
-    save_step(manager, step, items, meta)
-
-
-def check_outside_package(directory: Path, name: str) -> None:
-    """Raise ``ValueError`` if ``directory`` (the argument ``name``) lies inside the
-    installed package, which training must never write into."""
-    if Path(directory).resolve().is_relative_to(_PACKAGE_DIR):
-        raise ValueError(
-            f"{name} {directory} is inside the installed numpyro_wjs package; choose a folder outside it"
-        )
-
-
-def _prepare_checkpoint_dir(directory: Path, overwrite: bool) -> None:
-    """Refuse (or, with ``overwrite``, clear) a training folder that is not ours to resume.
-
-    Removes the temporary folders of saves that were killed midway.
-    """
-    check_outside_package(directory, "checkpoint_dir")
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"checkpoint_dir {directory} exists and is not a directory")
-    if not directory.is_dir():
-        return
-    for entry in directory.iterdir():
-        if ocp.utils.is_tmp_checkpoint(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-    if not overwrite:
-        if is_checkpoint(directory):
-            raise FileExistsError(
-                f"{directory} holds a saved model that training would hide from "
-                "load_denoiser; choose another folder or pass overwrite=True (CLI: --overwrite)"
-            )
-        return
-    for target in [*(directory / name for name in _SAVED_MODEL_ENTRIES), *step_paths(directory)]:
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-
-
-def _previous_settings(directory: Path) -> dict[str, Any]:
-    """Training settings of the newest readable checkpoint in ``directory`` (or ``{}``)."""
-    for path in step_paths(directory):
-        try:
-            train = _checked_metadata(path, FORMAT).get("train")
-        except (CheckpointError, FileNotFoundError):
-            continue
-        return train if isinstance(train, dict) else {}
-    return {}
-
-
-def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """Validated ``metadata.json`` of a checkpoint (or of the latest one in a training dir).
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist or holds no checkpoint.
-    CheckpointError
-        If the metadata is missing, not valid JSON, or lacks required entries, if a
-        listed item is missing or a file differs from its recorded SHA-256.
-    """
-    return newest_intact(path, lambda checkpoint: _checked_metadata(checkpoint, FORMAT))
 
 
 def load_denoiser(path: str | Path) -> nnx.Module:
@@ -957,77 +709,3 @@ def load_denoiser(path: str | Path) -> nnx.Module:
         an unregistered class, or is a classifier.
     """
     return load_network(path, FORMAT)[0]
-
-
-def _resume(
-    path: Path,
-    model: nnx.Module,
-    opt: nnx.Optimizer,
-    ema_model: nnx.Module,
-    train_settings: dict[str, Any],
-    data_shape: tuple[int, ...],
-) -> tuple[int, list[float], list[int], list[list[float]]]:
-    """Load a training checkpoint into ``model``, ``opt`` and ``ema_model``.
-
-    A checkpoint of a run with fewer or more ``steps`` is continued: its earlier
-    targets are recorded in ``train_settings["continued_from"]``.
-    """
-    meta = _checked_metadata(path, FORMAT)
-    if not isinstance(meta.get("train"), dict) or "train_state" not in meta["items"]:
-        raise CheckpointError(f"checkpoint {path} was not written by train_denoiser; cannot resume")
-    compared = [k for k in train_settings if k not in ("steps", "continued_from")]
-    expected = {
-        "architecture": architecture_name(model),
-        "config": getattr(model, "config", {}),
-        "data_shape": list(data_shape),
-        **{f"train.{k}": train_settings[k] for k in compared},
-    }
-    found = {
-        "architecture": meta["architecture"],
-        "config": meta["config"],
-        "data_shape": meta.get("data_shape"),
-        **{f"train.{k}": meta["train"].get(k) for k in compared},
-    }
-    differ = [k for k in expected if found[k] != expected[k]]
-    if differ:
-        details = "; ".join(f"{k}: checkpoint {found[k]!r}, now {expected[k]!r}" for k in differ)
-        raise IncompatibleCheckpoint(
-            f"cannot resume from {path}: settings differ ({details}); use the checkpoint's "
-            "settings, a new checkpoint_dir, or overwrite=True (CLI: --overwrite)"
-        )
-    step = meta.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise CheckpointError(f"corrupt checkpoint {path}: invalid step {step!r} in metadata.json")
-    if step > train_settings["steps"]:
-        raise IncompatibleCheckpoint(
-            f"cannot resume from {path}: it is at step {step}, beyond steps={train_settings['steps']}; "
-            f"pass steps >= {step}"
-        )
-    earlier = list(meta["train"].get("continued_from", []))
-    if meta["train"].get("steps") != train_settings["steps"]:
-        earlier.append(meta["train"].get("steps"))
-    train_settings["continued_from"] = earlier
-    history = meta.get("eval_history", {})
-    restored = restore(path, {
-        "weights": pure_params(ema_model),
-        "train_state": {
-            "params": pure_params(model),
-            "optimizer": nnx.to_pure_dict(nnx.state(opt)),
-            "losses": np.zeros(step, np.float32),
-        },
-    })
-    train_state = restored["train_state"]
-    for module, kind, pure in (
-        (model, nnx.Param, train_state["params"]),
-        (ema_model, nnx.Param, restored["weights"]),
-        (opt, ..., train_state["optimizer"]),
-    ):
-        state = nnx.state(module, kind)
-        nnx.replace_by_pure_dict(state, pure)
-        nnx.update(module, state)
-    return (
-        int(step),
-        [float(v) for v in np.asarray(train_state["losses"])],
-        [int(v) for v in history.get("steps", [])],
-        [list(map(float, row)) for row in history.get("mse", [])],
-    )
