@@ -7,10 +7,17 @@ adaptation with ``numpyro.infer.hmc_util.warmup_adapter`` and running means. A
 subclass states its algorithm in ``_step(state, model_args, model_kwargs, warmup)``,
 where ``warmup`` (a traced bool, the same for vectorized chains, which move in
 lockstep) says whether step ``state.i`` is a warmup step.
+
+It also makes every kernel built on a model a block of NumPyro's composable
+``numpyro.infer.Gibbs``: ``refresh`` (recompute the cached ``-log p`` and score at the
+current point for a new conditioning), ``wrap_model`` (a copy bound to the conditioned
+model) and ``get_constrain_fn`` (transforms only, as HMC's), mirroring
+``numpyro.infer.HMC``.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from functools import partial
 
@@ -18,9 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import random, vmap
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.gibbs import GIBBS_SITES_KWARG
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
-from numpyro.util import is_prng_key
+from numpyro.infer.util import transform_fn
+from numpyro.util import identity, is_prng_key
 
 from numpyro_wjs.core import langevin as core
 from numpyro_wjs.infer import numpyro_hooks
@@ -103,6 +113,16 @@ class Kernel(MCMCKernel):
     (the iteration) and ``adapt_state`` (``HMCAdaptState``) when they adapt.
     When the step size is adapted, the last warmup step warns if it collapsed
     (``STEP_COLLAPSE_FRACTION``).
+
+    **As a block of** ``numpyro.infer.Gibbs``. A kernel built on a model runs on the
+    model conditioned on the other blocks' sites, as NUTS blocks do: ``Gibbs`` rebinds
+    it with ``wrap_model``, calls ``init`` with the block's initial *constrained*
+    values (the composite's convention for blocks other than HMC; they are mapped to
+    unconstrained space here), ``refresh`` whenever a sibling moved, and
+    ``get_constrain_fn`` to pass its draws on. Warmup adaptation (step size, mass
+    matrix, ...) runs on the block's own conditional during the composite's warmup.
+    A kernel built from ``potential_fn`` or ``score_fn`` has no model to condition and
+    cannot be a block.
     """
 
     _model = None
@@ -116,7 +136,14 @@ class Kernel(MCMCKernel):
     _adaptation = None  # the StepAdaptation built by init
     _potential_fn_gen = None
     _postprocess_fn_gen = None
+    _inv_transforms = None  # the model's latent sites -> constrained values (set by init)
+    _dynamic_support = None  # a support depends on other values: constrain by replaying the model
     _dense_mass = False
+    #: attributes that ``init`` builds (dropped on pickling, and by ``wrap_model``)
+    _built_by_init: tuple[str, ...] = ("_adaptation",)
+    #: state fields that are functions of the target at the sample field, recomputed by
+    #: ``refresh``: ``-log p`` and the flat score (those the state has)
+    _target_fields: tuple[str, ...] = ("potential_energy", "score")
 
     def _set_source(self, model, potential_fn, score_fn, init_strategy, *, needs_potential: bool) -> None:
         check_source(type(self).__name__, model, potential_fn, score_fn, needs_potential=needs_potential)
@@ -173,23 +200,83 @@ class Kernel(MCMCKernel):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for name in ("_adaptation", "_sigma_adaptation", numpyro_hooks.MCMC_INIT_MARKER):  # rebuilt by init
+        for name in (*self._built_by_init, numpyro_hooks.MCMC_INIT_MARKER):  # rebuilt by init
             state.pop(name, None)
         return state
+
+    # -- composite kernels (numpyro.infer.Gibbs) ---------------------------------------
+    def refresh(self, state, model_args, model_kwargs):
+        """The state with ``potential_energy`` and ``score`` (the ``_target_fields`` it has)
+        recomputed at the current point for ``(model_args, model_kwargs)``, the chain not
+        advanced: ``numpyro.infer.Gibbs`` calls it when the sites a block is conditioned on
+        have moved. A kernel without a model returns ``state``: its target does not depend
+        on the model arguments."""
+        if self._model is None:
+            return state
+
+        def one(s):
+            return s._replace(**self._refreshed_fields(s, model_args, model_kwargs))
+
+        return vmap(one)(state) if self._vectorized else one(state)
+
+    def _refreshed_fields(self, state, model_args, model_kwargs) -> dict:
+        """The ``_target_fields`` of one chain's ``state`` at its point for the given arguments;
+        a kernel caching more functions of the target adds them here."""
+        z = getattr(state, self.sample_field)
+        logp, score = jax.value_and_grad(self._source(z, model_args, model_kwargs).logdensity)(
+            ravel_pytree(z)[0]
+        )
+        values = {"potential_energy": -logp, "score": score}
+        return {k: values[k] for k in self._target_fields if k in state._fields}
+
+    def wrap_model(self, wrapper):
+        """A shallow copy bound to ``wrapper(self.model)``, everything built from the old model
+        (potential, postprocessing, transforms, adaptation, the initialised mark) reset, so that
+        its next ``init`` rebuilds it (as ``numpyro.infer.HMC.wrap_model``)."""
+        if self._model is None:
+            raise ValueError(
+                f"{type(self).__name__} has no model to condition (it was built from `potential_fn`, "
+                "`score_fn` or a denoiser), so it cannot be a block of numpyro.infer.Gibbs; build "
+                "the block on the composite's model instead, e.g. MALA(model)."
+            )
+        kernel = copy.copy(self)
+        kernel._model = wrapper(self._model)
+        for name in ("_potential_fn_gen", "_postprocess_fn_gen", "_inv_transforms", "_dynamic_support",
+                     *self._built_by_init, numpyro_hooks.MCMC_INIT_MARKER):
+            kernel.__dict__.pop(name, None)
+        return kernel
+
+    def get_constrain_fn(self, model_args=(), model_kwargs=None, *, return_deterministic=False):
+        """Unconstrained draws -> constrained site values. With a model and no value-dependent
+        supports (and ``return_deterministic=False``) by the sites' transforms alone, without
+        running the model; otherwise ``postprocess_fn`` (a model replay). Identity without a
+        model. Needs ``init`` (as ``numpyro.infer.HMC.get_constrain_fn``)."""
+        if self._model is None:
+            return identity
+        if self._inv_transforms is None:
+            raise RuntimeError(f"{type(self).__name__}: `get_constrain_fn` needs `init` to have run.")
+        if return_deterministic or self._dynamic_support:
+            return self.postprocess_fn(model_args, {} if model_kwargs is None else model_kwargs)
+        return partial(transform_fn, self._inv_transforms)
 
     # -- shared pieces ------------------------------------------------------------------
     def _initial_params(self, rng_key, num_warmup, init_params, model_args, model_kwargs, split_key=True):
         """``(rng_key, init_params, example)``: the model's initial points (unless given), as
         floats, and one chain's point; records ``num_warmup`` and whether chains are vectorized.
-        With ``split_key`` a key for the model's initial points is split off ``rng_key``."""
+        With ``split_key`` a key for the model's initial points is split off ``rng_key``.
+        As a block of ``numpyro.infer.Gibbs`` (its conditioning in ``model_kwargs``),
+        ``init_params`` are constrained values, the composite's convention."""
         self._num_warmup = num_warmup
         self._vectorized = not is_prng_key(rng_key)
         if split_key:
             rng_key, key_model = split_keys(rng_key, 2)
         if self._model is not None:
-            init_params, self._potential_fn_gen, self._postprocess_fn_gen = init_model(
-                key_model, self._model, self._init_strategy, model_args, model_kwargs or {}, init_params
+            model_kwargs = model_kwargs or {}
+            init_params, self._potential_fn_gen, self._postprocess_fn_gen, transforms = init_model(
+                key_model, self._model, self._init_strategy, model_args, model_kwargs, init_params,
+                constrained=GIBBS_SITES_KWARG in model_kwargs,
             )
+            self._inv_transforms, self._dynamic_support = transforms
         elif init_params is None:
             raise ValueError(
                 f"{type(self).__name__}: `init_params` must be given with `potential_fn` or `score_fn`."

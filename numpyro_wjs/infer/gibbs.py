@@ -104,7 +104,16 @@ class GibbsWalkJump(Kernel):
     >>> theta = mcmc.get_samples()["theta"]
     >>> bool((theta > 0).any() and (theta < 0).any())  # the chain visits both modes
     True
+
+    Built on a model, it is also a block of NumPyro's ``numpyro.infer.Gibbs`` (see
+    ``Kernel``): ``refresh`` recomputes ``potential_energy`` and ``score`` for the new
+    conditioning; the walk ``y`` needs nothing, as every step draws it afresh from ``z``,
+    and the noise level and step size keep adapting on the block's conditional during
+    warmup.
     """
+
+    #: the sigma adaptation is built by ``init`` too
+    _built_by_init = Kernel._built_by_init + ("_sigma_adaptation",)
 
     def __init__(
         self,

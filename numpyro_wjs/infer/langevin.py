@@ -3,7 +3,10 @@
 Thin shells around the pure steps of ``numpyro_wjs.core.langevin``: a kernel binds a
 score source (``numpyro_wjs.infer.sources``), runs warmup adaptation with
 ``numpyro.infer.hmc_util.warmup_adapter`` (dual averaging for the step size,
-windowed Welford estimates for the mass matrix), and calls the step.
+windowed Welford estimates for the mass matrix), and calls the step. Built on a
+model, each is a block of NumPyro's ``numpyro.infer.Gibbs`` (``Kernel.refresh``
+recomputes the cached ``potential_energy`` and ``score``; the underdamped velocity
+is kept, as a Gibbs update of the other sites leaves it a valid auxiliary draw).
 """
 
 from __future__ import annotations

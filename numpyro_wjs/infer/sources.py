@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.initialization import init_to_value
 from numpyro.infer.util import initialize_model
 from numpyro.util import identity
 
@@ -57,13 +59,18 @@ def check_source(kernel: str, model, potential_fn, score_fn, *, needs_potential:
             check_callable(kernel, name, fn)
 
 
-def init_model(rng_key, model, init_strategy, model_args, model_kwargs, init_params=None):
-    """Initialise a NumPyro model; return ``(init_params, potential_fn_gen, postprocess_fn_gen)``.
+def init_model(rng_key, model, init_strategy, model_args, model_kwargs, init_params=None, *, constrained=False):
+    """Initialise a NumPyro model; return ``(init_params, potential_fn_gen, postprocess_fn_gen,
+    (inv_transforms, dynamic_support))`` (see ``model_transforms``).
 
     ``rng_key`` may be batched (vectorized chains); user ``init_params`` (unconstrained)
-    take precedence over the ones found by ``init_strategy``.
+    take precedence over the ones found by ``init_strategy``. With ``constrained``
+    (a block of ``numpyro.infer.Gibbs``, which hands its blocks constrained values)
+    ``init_params`` are constrained values, mapped to unconstrained space by the model.
     """
-    params_info, potential_fn_gen, postprocess_fn_gen, _ = initialize_model(
+    if constrained and init_params is not None:
+        init_strategy, init_params = init_to_value(values=init_params), None
+    params_info, potential_fn_gen, postprocess_fn_gen, model_trace = initialize_model(
         rng_key,
         model,
         dynamic_args=True,
@@ -73,7 +80,24 @@ def init_model(rng_key, model, init_strategy, model_args, model_kwargs, init_par
     )
     if init_params is None:
         init_params = params_info[0]
-    return init_params, potential_fn_gen, postprocess_fn_gen
+    return init_params, potential_fn_gen, postprocess_fn_gen, model_transforms(model_trace)
+
+
+def model_transforms(model_trace) -> tuple[dict, bool]:
+    """``(inv_transforms, dynamic_support)`` of a model trace: the bijection from unconstrained
+    space onto the support of every continuous latent sample site, and whether a support may
+    depend on other values (a bound that is not a Python number, as
+    ``numpyro.infer.HMC`` decides), when constraining must replay the model."""
+    inv_transforms, dynamic = {}, False
+    for name, site in model_trace.items():
+        if site["type"] != "sample" or site["is_observed"] or site["fn"].support.is_discrete:
+            continue
+        support = site["fn"].support
+        inv_transforms[name] = biject_to(support)
+        for bound in ("lower_bound", "upper_bound"):
+            if hasattr(support, bound) and not isinstance(getattr(support, bound), int | float):
+                dynamic = True
+    return inv_transforms, dynamic
 
 
 def make_source(example_z, potential_fn=None, score_fn=None) -> Source:
