@@ -89,6 +89,7 @@ C_METROPOLIS = "core/metropolis.py"
 C_WALKJUMP = "core/walkjump.py"
 C_GIBBS = "core/gibbs.py"
 I_LANGEVIN = "infer/langevin.py"
+I_ADAPTATION = "infer/adaptation.py"
 I_WALKJUMP = "infer/walkjump.py"
 I_GIBBS = "infer/gibbs.py"
 
@@ -221,8 +222,8 @@ MUTANTS: list[Mutant] = [
     Mutant("walk_noise_unit", C_GIBBS,
            "return z + sigma * core.normal_like(rng_key, z)", "return z + core.normal_like(rng_key, z)",
            (NOISE, SWEEP), "the walk y ~ N(z, 1) instead of N(z, sigma^2)"),
-    Mutant("sigma_adaptation_direction", I_GIBBS,
-           "self._target_hop - hop_accept", "hop_accept - self._target_hop",
+    Mutant("sigma_adaptation_direction", I_ADAPTATION,
+           "self.target - statistic", "statistic - self.target",
            (SIGMA_ADAPT,), "sigma adaptation moves away from target_hop_accept_prob"),
     # ------------------------------------------------------------------ Langevin kernels: infer/langevin.py
     Mutant("mala_kernel_potential_sign", I_LANGEVIN,
