@@ -174,22 +174,6 @@ class _LangevinKernel(Kernel):
         return state
 
     # -- shared pieces -----------------------------------------------------------
-    def _finish(self, state, source, new_fields, log_ratio, warmup):
-        """Shared end of a step: divergence, adaptation, running mean, the new state.
-
-        ``new_fields`` holds the proposed ``z`` (flat), ``score``, ``potential_energy``
-        (and ``velocity``); a step that is non-finite or whose energy error
-        ``-log_ratio`` exceeds ``MAX_LOG_ACCEPT_DROP`` is discarded and flagged. During
-        warmup the step is also accepted or rejected with its computed Metropolis
-        probability, so that the chain stays in the typical set while the step size
-        and mass matrix are tuned; after warmup the kernel is unadjusted.
-        """
-        old = {k: getattr(state, k) for k in new_fields}
-        old["z"] = ravel_pytree(state.z)[0]
-        rejected = self._rejected(state, old, warmup)
-        new, info = _correct(random.fold_in(state.rng_key, 1), log_ratio, new_fields, rejected, warmup)
-        return self._update(state, source, new, info.acceptance_rate, info.diverging, warmup)
-
     def _update(self, state, source, new, accept_prob, diverging, warmup):
         """Adapt, update the running acceptance mean, and build the next state from ``new``."""
         i = state.i
@@ -200,10 +184,6 @@ class _LangevinKernel(Kernel):
             **{**new, "z": source.unravel(new["z"])}, i=i + 1, accept_prob=accept_prob,
             mean_accept_prob=mean_accept_prob, diverging=diverging, adapt_state=adapt_state, rng_key=rng_key,
         )
-
-    def _rejected(self, state, old, warmup):
-        """The fields a rejected or discarded step leaves: the old ones."""
-        return old
 
     def _step_inputs(self, state, model_args, model_kwargs):
         """``(source, key, x, step_size, metric)`` for one step."""
@@ -443,7 +423,15 @@ class UnderdampedLangevin(_LangevinKernel):
         log_ratio = core.baoab_log_ratio(old, new, h, metric, dlogp)
         fields = {"z": new.position, "velocity": new.velocity, "score": new.score,
                   "potential_energy": potential_energy}
-        out = self._finish(state, source, fields, log_ratio, warmup)
+        # a rejected warmup step draws a fresh velocity (the windows then see a chain that keeps
+        # moving); a step discarded after warmup reverses it (Horowitz 1991), so the chain
+        # retreats from where the step failed instead of trying it again
+        reverse = -state.velocity
+        fresh = self._fresh_velocity(state, state.adapt_state)
+        rejected = {"z": x, "velocity": jnp.where(warmup, fresh, reverse), "score": state.score,
+                    "potential_energy": state.potential_energy}
+        kept, info = _correct(random.fold_in(state.rng_key, 1), log_ratio, fields, rejected, warmup)
+        out = self._update(state, source, kept, info.acceptance_rate, info.diverging, warmup)
         if not self._adapt_mass_matrix:
             return out
         # a new mass matrix M (end of an adaptation window): draw the velocity from N(0, M)
@@ -455,11 +443,3 @@ class UnderdampedLangevin(_LangevinKernel):
     def _fresh_velocity(self, state, adapt_state):
         """``v ~ N(0, M)`` for the metric of ``adapt_state``."""
         return core.draw_velocity(random.fold_in(state.rng_key, 2), state.velocity, self._metric(adapt_state))
-
-    def _rejected(self, state, old, warmup):
-        """A rejected warmup step draws a fresh velocity (the windows then see a chain that
-        keeps moving); a step discarded after warmup reverses it (Horowitz 1991), so the
-        chain retreats from where the step failed instead of trying it again."""
-        reverse = -state.velocity
-        fresh = self._fresh_velocity(state, state.adapt_state)
-        return {**old, "velocity": jnp.where(warmup, fresh, reverse)}
