@@ -224,18 +224,20 @@ def friction_from_length(trajectory_length) -> Array:
     return FRICTION_TIMES_LENGTH / trajectory_length
 
 
-def chees_gradient(z0: Array, info: MALTInfo, center: Array, step_size, metric: Metric | None = None) -> Array:
-    """Stochastic gradient of ChEES in ``log T`` from one trajectory (Hoffman et al. 2021, eq. 6-7).
+def chees_gradient(z0: Array, info: MALTInfo, center: Array, step_size, metric: Metric | None = None):
+    """``(ChEES sample, its gradient in log T)`` from one trajectory (Hoffman et al. 2021, eq. 6-7).
 
     ``ChEES = E[(|x' - m|^2 - |x - m|^2)^2] / 4`` in the metric's norm ``|y|^2 = y^T M y``;
     its derivative along the trajectory is ``(|x' - m|^2 - |x - m|^2) (x' - m)^T v'``
-    (``dx'/dt = C v'``), times ``dt / d log T = t = L h`` for a jittered ``t``, weighted
-    by the acceptance. 0 for a non-finite trajectory. ``m`` estimates ``E x``.
+    (``dx'/dt = C v'``), times ``dt / d log T = t = L h`` for a jittered ``t``. Both are
+    weighted by the acceptance, and 0 for a non-finite trajectory. ``m`` estimates ``E x``.
     """
     z1 = info.proposal.z
     change = _sq_norm_m(metric, z1 - center) - _sq_norm_m(metric, z0 - center)
-    g = info.acceptance_rate * change * jnp.sum((z1 - center) * info.velocity) * info.num_steps * step_size
-    return jnp.where(jnp.isfinite(g), g, 0.0)
+    value = info.acceptance_rate * 0.25 * change * change
+    gradient = info.acceptance_rate * change * jnp.sum((z1 - center) * info.velocity) * info.num_steps * step_size
+    ok = jnp.isfinite(value) & jnp.isfinite(gradient)
+    return jnp.where(ok, value, 0.0), jnp.where(ok, gradient, 0.0)
 
 
 class LengthAdaptState(NamedTuple):
@@ -245,6 +247,8 @@ class LengthAdaptState(NamedTuple):
     """``log T``, the current iterate."""
     log_length_avg: Array
     """Running average of ``log T`` (the value used after warmup)."""
+    chees: Array
+    """Running mean of the ChEES samples (normalises the gradient)."""
     moment: Array
     """Moving average of the gradient (momentum)."""
     sq_moment: Array
@@ -259,12 +263,12 @@ def length_init(z: Array, trajectory_length) -> LengthAdaptState:
     """Start the adaptation at ``T = trajectory_length``, centred at ``z``."""
     log_t = jnp.log(jnp.asarray(trajectory_length, jnp.result_type(z)))
     zero = jnp.zeros_like(log_t)
-    return LengthAdaptState(log_t, log_t, zero, zero, z, jnp.array(0))
+    return LengthAdaptState(log_t, log_t, zero, zero, zero, z, jnp.array(0))
 
 
 def length_update(
     state: LengthAdaptState,
-    gradient: Array,
+    chees: tuple[Array, Array],
     z: Array,
     bounds: tuple,
     learning_rate: float = 0.025,
@@ -272,23 +276,32 @@ def length_update(
     beta2: float = 0.95,
     horizon: int = 100,
 ) -> LengthAdaptState:
-    """One Adam step of ascent on ``log T`` with the ChEES ``gradient`` (Kingma & Ba 2015).
+    """One Adam step (Kingma & Ba 2015) of ascent on ``log(ChEES / T)``, ChEES per gradient.
 
-    Momentum ``beta1`` averages the noise of a single chain's gradient (Hoffman et al.
-    average over many chains instead); ``log T`` is clipped to ``log bounds``. The centre
-    and ``log_length_avg`` are running means over the last ``horizon`` updates.
+    ``chees`` is ``chees_gradient``'s ``(value, gradient)``; the ascent direction is
+    ``gradient / mean(value) - 1``. Dividing by ``T`` (the cost of a trajectory, ``T / h``
+    gradients) is this package's variant: ChEES alone is flat past its first maximum
+    on a Gaussian, where a single chain's noisy gradient lets ``T`` drift upwards; per
+    gradient it has one clear maximum. Momentum ``beta1`` averages the noise of one
+    chain (Hoffman et al. average over many chains). ``log T`` is clipped to
+    ``log bounds``; the centre, the ChEES mean and ``log_length_avg`` are running means
+    over the last ``horizon`` updates.
     """
+    value, gradient = chees
     count = state.count + 1
-    moment = beta1 * state.moment + (1 - beta1) * gradient
-    sq_moment = beta2 * state.sq_moment + (1 - beta2) * gradient * gradient
+    w = 1.0 / jnp.minimum(count, horizon)
+    mean_value = state.chees + w * (value - state.chees)
+    g = jnp.where(mean_value > 0, gradient / jnp.where(mean_value > 0, mean_value, 1.0) - 1.0, 0.0)
+    moment = beta1 * state.moment + (1 - beta1) * g
+    sq_moment = beta2 * state.sq_moment + (1 - beta2) * g * g
     m_hat = moment / (1 - beta1**count)
     v_hat = sq_moment / (1 - beta2**count)
     step = learning_rate * m_hat / (jnp.sqrt(v_hat) + 1e-12)
     log_t = jnp.clip(state.log_length + step, jnp.log(bounds[0]), jnp.log(bounds[1]))
-    w = 1.0 / jnp.minimum(count + 1, horizon)
     return LengthAdaptState(
         log_t,
         state.log_length_avg + w * (log_t - state.log_length_avg),
+        mean_value,
         moment,
         sq_moment,
         state.center + w * (z - state.center),

@@ -149,8 +149,8 @@ class MALT(_LangevinKernel):
         start = core.MALTState(x, state.potential_energy, state.score)
         kept, info = core.malt_step(key, start, source.logdensity, h, num_steps, friction, metric)
         if self._adapt_length:
-            gradient = core.chees_gradient(x, info, adapt.center, h, metric)
-            updated = core.length_update(adapt, gradient, kept.z, (h, self._max_num_steps * h))
+            chees = core.chees_gradient(x, info, adapt.center, h, metric)
+            updated = core.length_update(adapt, chees, kept.z, (h, self._max_num_steps * h))
             adapt = metropolis.select(warmup, updated, adapt)
         new = {"z": kept.z, "score": kept.score, "potential_energy": kept.potential_energy,
                "trajectory_length": length, "num_steps": info.num_steps, "energy_error": info.energy_error,
