@@ -22,6 +22,12 @@ Commands
     ``--pretrained-classifier`` re-create the shipped networks with their recorded
     recipes.
 
+``sample``
+    Stream draws of walk-jump sampling with a saved denoiser (``--denoiser DIR``), or of
+    MALA on the demo mixture (``--model demo``), to a Zarr store ``--out`` a chunk at a
+    time (``numpyro_wjs.streaming``): memory holds one chunk, and the same command
+    after a kill continues from the last complete chunk.
+
 Every command is one function ``_<name>(args) -> int`` and one parser entry in
 ``_COMMANDS``. Every error prints one line, ``numpyro-wjs <command>: error: ...``:
 usage errors (bad or conflicting options, an unusable output folder, missing
@@ -703,6 +709,69 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained-classifier", action="store_true", help="re-create the shipped MNIST classifier")
 
 
+# --------------------------------------------------------------------------- sample
+def _sample(args: argparse.Namespace) -> int:
+    """Stream draws to a Zarr store; see the module docstring."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import MCMC
+
+    from numpyro_wjs.streaming import stream_samples
+
+    if (args.denoiser is None) == (args.model is None):
+        raise UsageError("give one of --denoiser DIR (walk-jump with a saved denoiser) or --model demo.")
+    kernel, shape, settings = _sample_kernel(args)
+    mcmc = MCMC(kernel, num_warmup=args.warmup, num_samples=args.thin, num_chains=args.chains,
+                thinning=args.thin, chain_method="vectorized", progress_bar=False)
+    init = None if shape is None else jnp.zeros((args.chains, *shape) if args.chains > 1 else shape)
+    store = stream_samples(mcmc, args.out, jax.random.key(args.seed), args.draws, chunk_draws=args.chunk,
+                           settings={**settings, "seed": args.seed}, init_params=init)
+    sizes = ", ".join(f"{k} {shape}" for k, shape in store.shapes().items())
+    print(f"{store.draws} draws per chain in {store.path} ({sizes}); read them with "
+          f"numpyro_wjs.streaming.open_draws({str(store.path)!r}) or xarray.open_zarr.")
+    return 0
+
+
+def _sample_kernel(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None, dict[str, Any]]:
+    """``(kernel, event shape of the initial zeros (None: the model's own start), settings)``."""
+    if args.model is not None:
+        from numpyro_wjs.infer.langevin import MALA
+
+        return MALA(demo_target().model()), None, {"model": args.model}
+    from numpyro_wjs.infer.walkjump import WalkJump
+    from numpyro_wjs.nn.train import load_denoiser
+
+    net = load_denoiser(args.denoiser)
+    shape = tuple(args.shape) if args.shape else ((net.dim,) if hasattr(net, "dim") else (28, 28, net.in_channels))
+    try:
+        net.check_event_shape(shape)
+    except ValueError as err:
+        raise UsageError(f"--shape {' '.join(map(str, shape))} does not fit the denoiser: {err}") from None
+    recipe = dict(MNIST_WALK_JUMP) if net.noise_conditional and args.sigma is None else {}
+    sigma = recipe.pop("sigma", args.sigma if args.sigma is not None else float(net.sigma))
+    settings = {"denoiser": str(Path(args.denoiser).resolve()), "shape": list(shape), "sigma": sigma, **recipe}
+    return WalkJump(net, sigma, **recipe), shape, settings
+
+
+def _add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--denoiser", default=None, help="folder of a saved denoiser (walk-jump sampling)")
+    parser.add_argument("--model", choices=("demo",), default=None,
+                        help="sample a model with MALA instead: the demo's 2-D Gaussian mixture")
+    parser.add_argument("--out", required=True,
+                        help="Zarr store to write: new, empty, or one to resume with the same settings")
+    parser.add_argument("--chains", type=_positive_int, default=4, help="chains (default: 4)")
+    parser.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain (default: 1000)")
+    parser.add_argument("--thin", type=_positive_int, default=1, help="steps per kept draw (default: 1)")
+    parser.add_argument("--warmup", type=_non_negative_int, default=100, help="warmup steps (default: 100)")
+    parser.add_argument("--chunk", type=_positive_int, default=100,
+                        help="draws per chunk written at once (default: 100)")
+    parser.add_argument("--sigma", type=_positive_float, default=None,
+                        help="walk noise (default: the denoiser's; noise-conditional: the MNIST recipe)")
+    parser.add_argument("--shape", type=_positive_int, nargs="+", default=None,
+                        help="event shape of an image denoiser (default: 28 28 CHANNELS)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+
+
 # --------------------------------------------------------------------------- dispatch
 class _Command(NamedTuple):
     help: str
@@ -720,6 +789,11 @@ _COMMANDS: dict[str, _Command] = {
         "train a denoiser (or re-create a shipped network) with checkpoints",
         _add_train_arguments,
         _train,
+    ),
+    "sample": _Command(
+        "stream draws of a saved denoiser or a model to a resumable Zarr store",
+        _add_sample_arguments,
+        _sample,
     ),
 }
 """Subcommands: name -> (help, parser setup, function returning the exit code)."""

@@ -118,7 +118,7 @@ def test_mnist_without_pretrained_weights(tmp_path, monkeypatch, capsys):
 
 def test_parser_lists_commands():
     parser = cli.build_parser()
-    assert set(cli._COMMANDS) == {"demo", "train"}
+    assert set(cli._COMMANDS) == {"demo", "train", "sample"}
     assert "demo" in parser.format_help()
 
 
