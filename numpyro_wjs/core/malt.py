@@ -247,12 +247,10 @@ class LengthAdaptState(NamedTuple):
     """``log T``, the current iterate."""
     log_length_avg: Array
     """Running average of ``log T`` (the value used after warmup)."""
-    chees: Array
-    """Running mean of the ChEES samples (normalises the gradient)."""
     moment: Array
-    """Moving average of the gradient (momentum)."""
+    """Moving average of the ascent direction (momentum)."""
     sq_moment: Array
-    """Moving average of the squared gradient (normalisation)."""
+    """Moving average of its square (normalisation)."""
     center: Array
     """Running estimate of ``E x`` (this chain's recent draws)."""
     count: Array
@@ -263,7 +261,7 @@ def length_init(z: Array, trajectory_length) -> LengthAdaptState:
     """Start the adaptation at ``T = trajectory_length``, centred at ``z``."""
     log_t = jnp.log(jnp.asarray(trajectory_length, jnp.result_type(z)))
     zero = jnp.zeros_like(log_t)
-    return LengthAdaptState(log_t, log_t, zero, zero, zero, z, jnp.array(0))
+    return LengthAdaptState(log_t, log_t, zero, zero, z, jnp.array(0))
 
 
 def length_update(
@@ -276,32 +274,31 @@ def length_update(
     beta2: float = 0.95,
     horizon: int = 100,
 ) -> LengthAdaptState:
-    """One Adam step (Kingma & Ba 2015) of ascent on ``log(ChEES / T)``, ChEES per gradient.
+    """One Adam step (Kingma & Ba 2015) of ascent on ChEES per gradient, ``ChEES / T``.
 
-    ``chees`` is ``chees_gradient``'s ``(value, gradient)``; the ascent direction is
-    ``gradient / mean(value) - 1``. Dividing by ``T`` (the cost of a trajectory, ``T / h``
-    gradients) is this package's variant: ChEES alone is flat past its first maximum
-    on a Gaussian, where a single chain's noisy gradient lets ``T`` drift upwards; per
-    gradient it has one clear maximum. Momentum ``beta1`` averages the noise of one
-    chain (Hoffman et al. average over many chains). ``log T`` is clipped to
-    ``log bounds``; the centre, the ChEES mean and ``log_length_avg`` are running means
-    over the last ``horizon`` updates.
+    ``chees`` is ``chees_gradient``'s ``(value, gradient)`` of one trajectory;
+    ``d (ChEES / T) / d log T = (E gradient - E value) / T``, so the ascent direction is
+    ``gradient - value`` (Adam divides out its scale, which changes with the mass
+    matrix). Dividing by ``T`` (a trajectory costs ``T / h`` gradients) is this
+    package's variant: ChEES alone is flat past its first maximum on a Gaussian, where
+    a single chain's noisy gradient lets ``T`` drift upwards; per gradient it has one
+    clear maximum. Momentum ``beta1`` averages one chain's noise (Hoffman et al. average
+    over many chains). ``log T`` is clipped to ``log bounds``; the centre and
+    ``log_length_avg`` are running means over the last ``horizon`` updates.
     """
     value, gradient = chees
+    g = gradient - value
     count = state.count + 1
-    w = 1.0 / jnp.minimum(count, horizon)
-    mean_value = state.chees + w * (value - state.chees)
-    g = jnp.where(mean_value > 0, gradient / jnp.where(mean_value > 0, mean_value, 1.0) - 1.0, 0.0)
     moment = beta1 * state.moment + (1 - beta1) * g
     sq_moment = beta2 * state.sq_moment + (1 - beta2) * g * g
     m_hat = moment / (1 - beta1**count)
     v_hat = sq_moment / (1 - beta2**count)
     step = learning_rate * m_hat / (jnp.sqrt(v_hat) + 1e-12)
     log_t = jnp.clip(state.log_length + step, jnp.log(bounds[0]), jnp.log(bounds[1]))
+    w = 1.0 / jnp.minimum(count, horizon)
     return LengthAdaptState(
         log_t,
         state.log_length_avg + w * (log_t - state.log_length_avg),
-        mean_value,
         moment,
         sq_moment,
         state.center + w * (z - state.center),

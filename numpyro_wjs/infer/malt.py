@@ -82,7 +82,7 @@ class MALT(_LangevinKernel):
     -------
     >>> import jax, numpyro, numpyro.distributions as dist
     >>> from numpyro.infer import MCMC
-    >>> from numpyro_wjs import MALT
+    >>> from numpyro_wjs.infer.malt import MALT
     >>> def model():
     ...     numpyro.sample("x", dist.Normal(0.0, 2.0).expand([3]))
     >>> mcmc = MCMC(MALT(model), num_warmup=300, num_samples=500, progress_bar=False)
