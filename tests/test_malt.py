@@ -15,6 +15,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+import test_gibbs_blocks
 import test_numpyro_suite as suite
 from mc import N_SE, assert_mean_close, assert_moments_close, mcse
 from numpy.testing import assert_allclose
@@ -267,3 +268,21 @@ def test_numpyro_predictive_on_the_draws():
 @pytest.mark.usefixtures("malt_in_suite")
 def test_numpyro_dirichlet_categorical_dense():
     suite.test_dirichlet_categorical("MALT", True)
+
+
+def test_structured_mass_matrix():
+    def model():
+        a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+        numpyro.sample("b", dist.Normal(a, 0.5))
+        numpyro.sample("c", dist.Normal(0.0, 3.0))
+
+    mcmc = MCMC(MALT(model, dense_mass=[("a", "b")]), num_warmup=300, num_samples=200, progress_bar=False)
+    mcmc.run(jax.random.key(0))
+    imm = mcmc.last_state.adapt_state.inverse_mass_matrix
+    assert set(imm) == {("a", "b"), ("c",)} and imm[("a", "b")].shape == (2, 2)
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in mcmc.get_samples().values())
+
+
+def test_gibbs_block_plumbing():
+    # NumPyro's test_init_params_and_gated_refresh (as ported in test_gibbs_blocks) with MALT
+    test_gibbs_blocks.test_init_params_and_gated_refresh(MALT)
