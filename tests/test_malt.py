@@ -17,6 +17,7 @@ import numpyro.distributions as dist
 import pytest
 import test_gibbs_blocks
 import test_numpyro_suite as suite
+import test_ula_defaults
 from mc import N_SE, assert_mean_close, assert_moments_close, mcse
 from numpy.testing import assert_allclose
 from numpyro.infer import MCMC, NUTS
@@ -175,31 +176,20 @@ def test_divergent_trajectory_is_flagged_and_rejected():
 
 
 # --------------------------------------------------------------------------- the kernel
-def eight_schools(sigma, y=None):
-    mu = numpyro.sample("mu", dist.Normal(0, 5))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5))
-    with numpyro.plate("J", len(sigma)):
-        theta = numpyro.sample("theta_base", dist.Normal(0, 1))
-        numpyro.sample("obs", dist.Normal(mu + tau * theta, sigma), obs=y)
-
-
-Y = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-SIGMA = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-
-
 def test_eight_schools_matches_nuts():
     fields = ("num_steps", "trajectory_length", "energy_error", "accept_prob", "diverging")
     runs = {}
-    for name, kernel in (("MALT", MALT(eight_schools)), ("NUTS", NUTS(eight_schools))):
+    model = test_ula_defaults.eight_schools  # non-centred
+    for name, kernel in (("MALT", MALT(model)), ("NUTS", NUTS(model))):
         mcmc = MCMC(kernel, num_warmup=400, num_samples=800, num_chains=4, chain_method="vectorized",
                     progress_bar=False)
-        mcmc.run(jax.random.key(0), SIGMA, Y, extra_fields=fields if name == "MALT" else ())
+        mcmc.run(jax.random.key(0), extra_fields=fields if name == "MALT" else ())
         runs[name] = mcmc
     stats = runs["MALT"].get_extra_fields(group_by_chain=True)
     assert stats["num_steps"].shape == (4, 800) and np.all(stats["num_steps"] >= 1)
     assert np.all(np.isfinite(stats["energy_error"]) | stats["diverging"])
     assert 0.6 < float(stats["accept_prob"].mean()) < 0.99
-    for site, f in (("mu", lambda a: a), ("tau", np.log), ("theta_base", lambda a: a[..., 0])):
+    for site, f in (("mu", lambda a: a), ("tau", np.log), ("theta_t", lambda a: a[..., 0])):
         a, b = (f(np.asarray(runs[k].get_samples(group_by_chain=True)[site], np.float64)) for k in ("MALT", "NUTS"))
         se = math.hypot(mcse(a), mcse(b))
         assert abs(a.mean() - b.mean()) <= N_SE * se, (site, a.mean(), b.mean(), se)

@@ -225,7 +225,7 @@ def friction_from_length(trajectory_length) -> Array:
 
 
 def chees_gradient(z0: Array, info: MALTInfo, center: Array, step_size, metric: Metric | None = None):
-    """``(ChEES sample, its gradient in log T)`` from one trajectory (Hoffman et al. 2021, eq. 6-7).
+    """``(ChEES sample, its gradient in log T)`` from one trajectory (Hoffman, Radul & Sountsov 2021).
 
     ``ChEES = E[(|x' - m|^2 - |x - m|^2)^2] / 4`` in the metric's norm ``|y|^2 = y^T M y``;
     its derivative along the trajectory is ``(|x' - m|^2 - |x - m|^2) (x' - m)^T v'``
