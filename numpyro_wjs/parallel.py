@@ -15,7 +15,8 @@ share the chains; on CPU they are bit-identical across 1, 2 and 4 devices and ac
 then call ``MCMC.run`` with the same key and settings everywhere. The mesh spans all
 global devices; each process returns only its own block of chains, so
 ``get_samples()``, ``last_state`` and ``arviz.from_numpyro`` hold that block
-(``local_chains`` says which); ``gather`` collects the full chain axis on every process.
+(``local_chains`` says which); ``gather`` collects the full chain axis on every process
+and ``gather_datatree`` makes one ArviZ DataTree of all chains.
 
 Example
 -------
@@ -42,7 +43,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["ShardedChains", "chain_mesh", "gather", "local_chains", "sharded"]
+__all__ = ["ShardedChains", "chain_mesh", "gather", "gather_datatree", "local_chains", "sharded"]
 
 
 def chain_mesh(axis: str = "chains") -> Mesh:
@@ -70,6 +71,17 @@ def gather(tree):
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, _key_data(tree))
     return multihost_utils.process_allgather(_key_data(tree), tiled=True)
+
+
+def gather_datatree(mcmc):
+    """An ArviZ DataTree of all chains of a sharded ``mcmc`` run, on every process: ``posterior``
+    (``get_samples``) and ``sample_stats`` (``get_extra_fields``), each ``gather``-ed.
+    Every process must call it (it is a collective)."""
+    import arviz as az
+
+    posterior = gather(mcmc.get_samples(group_by_chain=True))
+    stats = gather(mcmc.get_extra_fields(group_by_chain=True))
+    return az.from_dict({"posterior": dict(posterior), "sample_stats": dict(stats)})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from numpyro.infer import MCMC
 
 from numpyro_wjs import MALA
-from numpyro_wjs.parallel import gather, local_chains, sharded
+from numpyro_wjs.parallel import gather, gather_datatree, local_chains, sharded
 
 CHAINS = 8
 
@@ -63,6 +63,10 @@ def _worker(out: str, process_id: int, num_processes: int, port: int) -> None:
         mcmc.run(jax.random.key(0), **kwargs)
         first = mcmc.get_samples(group_by_chain=True)
         assert len(jax.tree.leaves(first)[0]) == len(local_chains(CHAINS))
+        if name == "mala":  # one DataTree of all chains, on every process
+            tree = gather_datatree(mcmc)
+            draws["mala_tree"] = tree["posterior"]["x"].values
+            draws["mala_tree_diverging"] = tree["sample_stats"]["diverging"].values
         runs = [first]
         if name != "nuts":  # a second run continues from the (process-local) last state
             mcmc.post_warmup_state = mcmc.last_state
@@ -115,6 +119,8 @@ def test_draws_are_bit_identical_on_every_layout(layouts):
     reference = layouts["1x1"]
     assert {k for k in reference if k.startswith(("mala", "nuts", "walkjump"))} >= {
         "mala0['x']", "mala1['s']", "nuts0['x']", "walkjump0['x']", "walkjump1['x']"}
+    assert reference["mala_tree"].shape == (CHAINS, 10, 3)
+    np.testing.assert_array_equal(reference["mala_tree"], reference["mala0['x']"])
     for name in ("1x4", "2x2"):
         for key, value in reference.items():
             assert value.shape[0] == CHAINS

@@ -592,7 +592,10 @@ def fit(
         replicated = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         batch_sharding = None
     nodes = (model, opt) if ema_model is None else (model, opt, ema_model)
-    nnx.update(nodes, jax.device_put(nnx.state(nodes), replicated))
+    state = nnx.state(nodes)
+    if jax.process_count() > 1:  # restored weights sit on one local device; a mesh over processes takes host copies
+        state = jax.device_get(state)
+    nnx.update(nodes, jax.device_put(state, replicated))
     if key is None:
         key = jax.random.split(jax.random.key(config.seed))[0]
     step_fn = functools.partial(
