@@ -181,12 +181,12 @@ def test_eight_schools_matches_nuts():
     runs = {}
     model = test_ula_defaults.eight_schools  # non-centred
     for name, kernel in (("MALT", MALT(model)), ("NUTS", NUTS(model))):
-        mcmc = MCMC(kernel, num_warmup=400, num_samples=800, num_chains=4, chain_method="vectorized",
+        mcmc = MCMC(kernel, num_warmup=300, num_samples=600, num_chains=4, chain_method="vectorized",
                     progress_bar=False)
         mcmc.run(jax.random.key(0), extra_fields=fields if name == "MALT" else ())
         runs[name] = mcmc
     stats = runs["MALT"].get_extra_fields(group_by_chain=True)
-    assert stats["num_steps"].shape == (4, 800) and np.all(stats["num_steps"] >= 1)
+    assert stats["num_steps"].shape == (4, 600) and np.all(stats["num_steps"] >= 1)
     assert np.all(np.isfinite(stats["energy_error"]) | stats["diverging"])
     assert 0.6 < float(stats["accept_prob"].mean()) < 0.99
     for site, f in (("mu", lambda a: a), ("tau", np.log), ("theta_t", lambda a: a[..., 0])):
