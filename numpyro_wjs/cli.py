@@ -754,11 +754,12 @@ def _sample_kernel(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | Non
 
 
 def _add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--denoiser", default=None, help="folder of a saved denoiser (walk-jump sampling)")
+    parser.add_argument("--denoiser", default=None, help="folder of a saved denoiser: walk-jump sampling (default: none; give it or --model)")
     parser.add_argument("--model", choices=("demo",), default=None,
-                        help="sample a model with MALA instead: the demo's 2-D Gaussian mixture")
-    parser.add_argument("--out", required=True,
-                        help="Zarr store to write: new, empty, or one to resume with the same settings")
+                        help="sample a model with MALA instead: the demo's 2-D Gaussian mixture (default: none)")
+    parser.add_argument("--out", default="wjs-draws.zarr",
+                        help="Zarr store to write: new, empty, or one to resume with the same settings "
+                             "(default: ./wjs-draws.zarr)")
     parser.add_argument("--chains", type=_positive_int, default=4, help="chains (default: 4)")
     parser.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain (default: 1000)")
     parser.add_argument("--thin", type=_positive_int, default=1, help="steps per kept draw (default: 1)")
