@@ -157,7 +157,7 @@ def test_control_variates_shrink_the_variance_near_the_centre_of_a_logistic_regr
         return jnp.sum(ys[idx] * logits - jnp.logaddexp(0.0, logits))
 
     def g(key, z):
-        return (n / 20) * jax.grad(loglik)(z, sgld.minibatch(key, n, 20))
+        return (n / 20) * jax.grad(loglik)(z, sgld.minibatch(key, n, 20, replace=True))
 
     centre = jnp.array([1.0, -1.0, 0.5])
     g_cv = sgld.control_variate(g, centre, jax.grad(loglik)(centre, jnp.arange(n)))
@@ -246,7 +246,7 @@ def gaussian_model(x, batch=B):
 
 def test_kernel_with_a_fixed_step_has_the_exact_law():
     """The kernel draws the plate's minibatch, scaled N/B by NumPyro: the same oracle."""
-    mcmc = MCMC(SGLD(gaussian_model, step_size=H, adapt_step_size=False), num_warmup=300, num_samples=1200,
+    mcmc = MCMC(SGLD(gaussian_model, step_size=H, adapt_step_size=False, with_replacement=False), num_warmup=200, num_samples=800,
                 num_chains=20, chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.key(13), jnp.asarray(X), extra_fields=("step_size", "minibatch_size", "diverging"))
     draws = np.asarray(mcmc.get_samples(group_by_chain=True)["mu"])
@@ -267,7 +267,7 @@ def test_tuned_sghmc_with_control_variates_on_the_gaussian_posterior():
     """Adapted warmup (minibatch Metropolis, mass matrix, control-variate centre) then BAOAB
     with g_cv, which is exact for this model, and BAOAB is exact on a Gaussian: the
     posterior itself, within Monte Carlo error."""
-    mcmc = MCMC(SGHMC(gaussian_model, control_variates=True), num_warmup=400, num_samples=1000, num_chains=8,
+    mcmc = MCMC(SGHMC(gaussian_model, control_variates=True), num_warmup=300, num_samples=600, num_chains=4,
                 chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.key(20), jnp.asarray(X), extra_fields=("diverging",))
     check_gaussian(np.asarray(mcmc.get_samples(group_by_chain=True)["mu"]), M, 1 / P)

@@ -36,7 +36,7 @@ __all__ = ["SGHMC", "SGLD", "SGHMCState", "SGLDState", "subsample_plates"]
 
 _FIELDS = [
     "i", "z", "score", "square_avg", "step_size", "minibatch_size", "accept_prob", "diverging",
-    "adapt_state", "noise_var", "z_mean", "centre", "centre_grad", "rng_key",
+    "adapt_state", "noise_var", "centre", "centre_grad", "rng_key",
 ]
 
 SGLDState = namedtuple("SGLDState", _FIELDS)
@@ -56,7 +56,6 @@ SGLDState = namedtuple("SGLDState", _FIELDS)
 - **adapt_state**: dual averaging of the warmup step (``HMCAdaptState``).
 - **noise_var**: running mean over the second half of warmup of the per-coordinate
   gradient-noise variance (``core.sgld.noise_variance``).
-- **z_mean**: mean position over warmup steps ``[W/4, W/2)``: the control-variate centre.
 - **centre**, **centre_grad**: the control-variate centre and the full-data gradient
   there (``None`` without control variates).
 - **rng_key**: random key.
@@ -127,7 +126,7 @@ class _SGKernel(Kernel):
         adapt_mass_matrix=None,
         schedule=None,
         control_variates=False,
-        with_replacement=False,
+        with_replacement=True,
         init_strategy=init_to_uniform,
     ):
         name = type(self).__name__
@@ -201,7 +200,7 @@ class _SGKernel(Kernel):
                 "i": jnp.array(0), "z": z, "step_size": jnp.asarray(self._initial_step, x.dtype),
                 "minibatch_size": jnp.array(minibatch_size), "accept_prob": zero, "diverging": jnp.array(False),
                 "adapt_state": self._adaptation.init(x, key_wa, self._initial_step),
-                "noise_var": jnp.zeros_like(x), "z_mean": jnp.zeros_like(x), "centre": centre,
+                "noise_var": jnp.zeros_like(x), "centre": centre,
                 "centre_grad": centre_grad, "rng_key": key,
             }
             return self._init_state(fields, key_core, x, grad_fn)
@@ -257,20 +256,24 @@ class _SGKernel(Kernel):
         return -jax.grad(self._potential(example, model_args, model_kwargs))(x, idx)
 
     # -- steps ---------------------------------------------------------------------
+    def _recentre_steps(self) -> list[int]:
+        """Warmup steps ``W/8, W/4, W/2`` at which the control-variate centre moves."""
+        w = self._num_warmup
+        return sorted({k for k in (w // 8, w // 4, w // 2) if k >= 1})
+
     def sample(self, state, model_args, model_kwargs):
-        recentre_at = self._num_warmup // 2
-        if self._control_variates and recentre_at >= 2:
+        if self._control_variates:
             i = state.i[0] if self._vectorized else state.i
-            state = jax.lax.cond(i == recentre_at, lambda s: self._recentre(s, model_args, model_kwargs), lambda s: s, state)
+            due = jnp.any(jnp.array([i == k for k in self._recentre_steps()] + [False]))
+            state = jax.lax.cond(due, lambda s: self._recentre(s, model_args, model_kwargs), lambda s: s, state)
         return super().sample(state, model_args, model_kwargs)
 
     def _recentre(self, state, model_args, model_kwargs):
-        """Control-variate centre moved to the mean warmup position, with its full-data gradient."""
+        """The control-variate centre moved to the current position, with its full-data gradient."""
         def one(s):
-            example = s.z
-            grad = self._full_grad(s.z_mean, example, model_args, model_kwargs)
-            score = self._grad_fn(example, model_args, model_kwargs, s.z_mean, grad)(random.fold_in(s.rng_key, 3), ravel_pytree(s.z)[0])
-            return s._replace(centre=s.z_mean, centre_grad=grad, score=score)
+            x = ravel_pytree(s.z)[0]
+            grad = self._full_grad(x, s.z, model_args, model_kwargs)
+            return s._replace(centre=x, centre_grad=grad, score=grad)
 
         return vmap(one)(state) if self._vectorized else one(state)
 
@@ -317,8 +320,6 @@ class _SGKernel(Kernel):
         n_noise = jnp.maximum(i - w // 2 + 1, 1)
         noise = core.noise_variance(g_here, state.score)
         noise_var = jnp.where(second_half, state.noise_var + (noise - state.noise_var) / n_noise, state.noise_var)
-        in_window = (i >= w // 4) & (i < w // 2)
-        z_mean = jnp.where(in_window, state.z_mean + (kept.z - state.z_mean) / jnp.maximum(i - w // 4 + 1, 1), state.z_mean)
 
         if self._rmsprop is not None:
             c = core.rmsprop_metric(kept.square_avg, self._rmsprop).inverse_mass_matrix
@@ -328,7 +329,7 @@ class _SGKernel(Kernel):
         step_size = jnp.where(i == w - 1, jnp.minimum(adapt_state.step_size, h_noise), adapt_state.step_size)
         return self._next(
             state, kept, i=i + 1, step_size=step_size.astype(x.dtype), accept_prob=info.acceptance_rate,
-            diverging=info.diverging, adapt_state=adapt_state, noise_var=noise_var, z_mean=z_mean, rng_key=key_next,
+            diverging=info.diverging, adapt_state=adapt_state, noise_var=noise_var, rng_key=key_next,
         )
 
     def _next(self, state, new, **fields):
@@ -377,10 +378,11 @@ class SGLD(_SGKernel):
     second half of warmup from two independent minibatch gradients at the same point
     (``core.sgld.noise_variance``), and the sampling step is the smaller of the two
     rules: ``h = min(h_DA, 2 variance_inflation / max_j c_j Var_j)``
-    (``core.sgld.noise_limited_step``). With control variates the centre is the mean
-    warmup position over steps ``[W/4, W/2)``; its full-data gradient is computed
-    there once (and once at the initial point), so the noise, hence the step limit,
-    is measured around it.
+    (``core.sgld.noise_limited_step``). With control variates the centre starts at the
+    initial point and moves to the current position at warmup steps ``W/8``, ``W/4``
+    and ``W/2`` (a full-data gradient each time, four in all), so the chain homes in
+    on the mode while the centre follows it, and the noise, hence the step limit, is
+    measured around the last centre.
 
     Parameters
     ----------
@@ -408,7 +410,10 @@ class SGLD(_SGKernel):
     control_variates : bool
         SGLD-CV (default False).
     with_replacement : bool
-        Draw minibatches with replacement (cheaper for very large ``N``; default False).
+        Draw minibatches with replacement (default True: ``O(B)`` per step; without
+        replacement ``jax.random.choice`` permutes all ``N`` rows every step, which
+        dominates the cost for large ``N``). The noise variance differs by the factor
+        ``1 - B/N`` only.
     init_strategy : callable
         NumPyro init strategy.
 
