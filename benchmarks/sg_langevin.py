@@ -66,6 +66,7 @@ def main():
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--ref-draws", type=int, default=3000)
     p.add_argument("--sg-warmup", type=int, default=3000)
+    p.add_argument("--nuts", default="100:100,200:400,300:1000", help="NUTS budgets warmup:draws,...")
     args = p.parse_args()
     x, y = data(args.n, args.d)
     print(machine())
@@ -78,7 +79,8 @@ def main():
 
     sw = args.sg_warmup
     budgets = {
-        "NUTS (full data)": [(lambda: NUTS(model), None, w, s, 1) for w, s in ((100, 100), (200, 400), (300, 1000))],
+        "NUTS (full data)": [(lambda: NUTS(model), None, int(w), int(s), 1)
+                             for w, s in (b.split(":") for b in args.nuts.split(","))],
         "SGLD-CV": [(lambda: SGLD(model, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
         "SGHMC-CV": [(lambda: SGHMC(model, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
         "SGLD (no CV)": [(lambda: SGLD(model), args.batch, sw, s, 10) for s in (3000,)],

@@ -429,8 +429,9 @@ class SGLD(_SGKernel):
     ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=numpyro.subsample(y, event_dim=0))
     >>> mcmc = MCMC(SGLD(model, control_variates=True), num_warmup=200, num_samples=500, progress_bar=False)
     >>> mcmc.run(jax.random.key(1), y, extra_fields=("step_size", "minibatch_size"))
-    >>> mcmc.get_samples()["mu"].shape, int(mcmc.get_extra_fields()["minibatch_size"][0])
-    ((500,), 100)
+    >>> stats = mcmc.get_extra_fields()
+    >>> mcmc.get_samples()["mu"].shape, stats["minibatch_size"].max()
+    ((500,), Array(100, dtype=int32))
     """
 
     def _init_state(self, fields, key, x, grad_fn):
