@@ -40,12 +40,13 @@ def sgld_var(h, var_xi):
     return (2 + h * var_xi) / (P * (2 - h * P))
 
 
-def run_chains(step, state, key, chains=200, steps=1000, burn=200):
-    """``z`` draws of shape (chain, draw) from ``step(key, state) -> (state, info)``."""
+def run_chains(step, state, key, chains=200, steps=1000, burn=200, coordinate=0):
+    """Draws of ``z[coordinate]`` (all of ``z`` if None), shape (chain, draw[, d]), from
+    ``step(key, state) -> (state, info)``."""
     def one(k):
         def body(s, k):
             s, _ = step(k, s)
-            return s, s.z[0]
+            return s, s.z if coordinate is None else s.z[coordinate]
 
         return jax.lax.scan(body, state, jax.random.split(k, steps))[1]
 
@@ -220,6 +221,22 @@ def test_psgld_preconditioner_on_an_ill_scaled_gaussian():
         assert abs(zs[..., j].var() / var - 1) < 0.1
     zs, _ = psgld_draws(0.99)
     assert zs[..., 1].var() / 100.0 > 1.25
+
+
+def test_sghmc_with_rmsprop_keeps_an_ill_scaled_gaussian():
+    """The velocity rescaled with the mass (``sqrt(M' / M)``): both variances within 10 %."""
+    sd = jnp.array([1.0, 10.0])
+
+    def g(key, z):
+        return -z / sd**2
+
+    rms = sgld.RMSProp(alpha=0.999)
+    state = sgld.sghmc_init(jax.random.key(11), sd, g, rms)
+    zs = run_chains(lambda k, s: sgld.sghmc_step(k, s, g, 0.2, 1.0, rms), state, jax.random.key(13), chains=100,
+                    steps=4000, burn=1000, coordinate=None)
+    for j, var in enumerate((1.0, 100.0)):
+        assert_mean_close(zs[..., j], 0.0, what=f"mean[{j}]")
+        assert abs(zs[..., j].var() / var - 1) < 0.1
 
 
 # --------------------------------------------------------------------------- divergence
