@@ -348,6 +348,14 @@ def test_errors():
 
     with pytest.raises(ValueError, match="subsample plate"):
         run(SGLD(no_plate), jnp.asarray(X))
+    def local_latent(x):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", x.shape[0], subsample_size=B):
+            z = numpyro.sample("z", dist.Normal(mu, 1.0))
+            numpyro.sample("x", dist.Normal(z, 1.0), obs=numpyro.subsample(x, event_dim=0))
+
+    with pytest.raises(ValueError, match="inside the subsample plate"):
+        run(SGLD(local_latent), jnp.asarray(X))
     with pytest.raises(ValueError, match="larger than its size"):
         run(SGHMC(gaussian_model), jnp.asarray(X), N + 1)
     for bad in (0.0, -1e-3, float("nan")):

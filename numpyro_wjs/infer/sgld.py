@@ -69,8 +69,9 @@ def subsample_plates(kernel: str, model, model_args, model_kwargs, rng_key) -> d
     """``{name: (N, B)}`` of the model's subsample plates (``B < N``).
 
     ``ValueError`` when a plate's ``subsample_size`` exceeds its size (NumPyro would use
-    the whole data with only a warning), or when there is no subsample plate: on full
-    data a stochastic-gradient kernel is ULA / ``UnderdampedLangevin`` with extra bias.
+    the whole data with only a warning), when there is no subsample plate (on full data
+    a stochastic-gradient kernel is ULA / ``UnderdampedLangevin`` with extra bias), or
+    when a latent site lies inside a subsample plate.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -90,6 +91,15 @@ def subsample_plates(kernel: str, model, model_args, model_kwargs, rng_key) -> d
             "obs=numpyro.subsample(y, event_dim=0))`; the model has none. On full data use ULA, "
             "UnderdampedLangevin or NUTS (the same dynamics without gradient noise)."
         )
+    for name, site in trace.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            inside = [f.name for f in site["cond_indep_stack"] if f.name in plates]
+            if inside:
+                raise ValueError(
+                    f"{kernel}: latent site '{name}' lies inside the subsample plate '{inside[0]}': a "
+                    "per-row latent is only seen on the rows of the minibatch, so it has no stochastic "
+                    "gradient here. Marginalise it, or move it out of the plate."
+                )
     return plates
 
 
