@@ -1,7 +1,9 @@
 """Stochastic-gradient Langevin against full-data NUTS (issue 22): error against wall time.
 
 Bayesian logistic regression, ``N`` synthetic rows, ``d`` features (prior ``N(0, 1)``
-on every weight), the likelihood in ``numpyro.plate("data", N, subsample_size=B)``.
+on every weight), the likelihood in ``numpyro.plate("data", N, subsample_size=B)``;
+``--model hierarchical`` adds 20 non-centred group intercepts (``mu``, ``tau``,
+``eta``), global latents outside the data plate.
 Reference: one long full-data NUTS run. Each method runs at a few budgets (warmup and
 draws growing together); for each run: wall time (compilation included, as a user
 pays it), the largest error of a posterior mean in reference posterior sds, and the
@@ -37,19 +39,38 @@ def model(x, y, batch):
         numpyro.sample("y", dist.Bernoulli(logits=xb @ w), obs=yb)
 
 
-def data(n, d, seed=0):
+GROUPS = 20
+
+
+def hierarchical(x, y, batch):
+    """Logistic regression with non-centred group intercepts (row ``i`` in group ``i % 20``)."""
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(1.0))
+    eta = numpyro.sample("eta", dist.Normal(0.0, 1.0).expand([GROUPS]).to_event(1))
+    with numpyro.plate("data", x.shape[0], subsample_size=batch) as idx:
+        logits = x[idx] @ w + mu + tau * eta[idx % GROUPS]
+        numpyro.sample("y", dist.Bernoulli(logits=logits), obs=y[idx])
+
+
+def data(n, d, seed=0, groups=False):
     kx, kw, ky = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(kx, (n, d))
     w = 2.0 * jax.random.normal(kw, (d,)) / jnp.sqrt(d)
-    y = (jax.random.uniform(ky, (n,)) < jax.nn.sigmoid(x @ w)).astype(jnp.float32)
+    logits = x @ w
+    if groups:  # intercepts 0.5 + 0.5 * N(0, 1) per group
+        logits = logits + 0.5 + 0.5 * jax.random.normal(jax.random.key(seed + 1), (GROUPS,))[jnp.arange(n) % GROUPS]
+    y = (jax.random.uniform(ky, (n,)) < jax.nn.sigmoid(logits)).astype(jnp.float32)
     return x, y
 
 
 def run(kernel, x, y, batch, warmup, draws, thinning=1, seed=1):
+    """``(draws of every latent site, flattened and concatenated; wall seconds)``."""
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, thinning=thinning, progress_bar=False)
     start = time.perf_counter()
     mcmc.run(jax.random.key(seed), x, y, batch)
-    w = np.asarray(mcmc.get_samples()["w"])
+    samples = mcmc.get_samples()
+    w = np.concatenate([np.asarray(samples[k]).reshape(draws // thinning, -1) for k in sorted(samples)], axis=1)
     return w, time.perf_counter() - start
 
 
@@ -67,23 +88,25 @@ def main():
     p.add_argument("--ref-draws", type=int, default=3000)
     p.add_argument("--sg-warmup", type=int, default=3000)
     p.add_argument("--nuts", default="100:100,200:400,300:1000", help="NUTS budgets warmup:draws,...")
+    p.add_argument("--model", choices=["logistic", "hierarchical"], default="logistic")
     args = p.parse_args()
-    x, y = data(args.n, args.d)
+    x, y = data(args.n, args.d, groups=args.model == "hierarchical")
+    target = {"logistic": model, "hierarchical": hierarchical}[args.model]
     print(machine())
-    print(f"N = {args.n}, d = {args.d}, B = {args.batch}")
+    print(f"{args.model}: N = {args.n}, d = {args.d}, B = {args.batch}")
 
-    ref, t_ref = run(NUTS(model), x, y, None, 300, args.ref_draws, seed=0)
+    ref, t_ref = run(NUTS(target), x, y, None, 300, args.ref_draws, seed=0)
     ref_mean, ref_sd = ref.mean(0), ref.std(0)
     print(f"reference: NUTS 300 + {args.ref_draws} draws, {t_ref:.1f} s "
           f"(its MC error of a mean ~ {1 / np.sqrt(args.ref_draws):.3f} sd x sqrt(autocorrelation time))")
 
     sw = args.sg_warmup
     budgets = {
-        "NUTS (full data)": [(lambda: NUTS(model), None, int(w), int(s), 1)
+        "NUTS (full data)": [(lambda: NUTS(target), None, int(w), int(s), 1)
                              for w, s in (b.split(":") for b in args.nuts.split(","))],
-        "SGLD-CV": [(lambda: SGLD(model, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
-        "SGHMC-CV": [(lambda: SGHMC(model, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
-        "SGLD (no CV)": [(lambda: SGLD(model), args.batch, sw, s, 10) for s in (3000,)],
+        "SGLD-CV": [(lambda: SGLD(target, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
+        "SGHMC-CV": [(lambda: SGHMC(target, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
+        "SGLD (no CV)": [(lambda: SGLD(target), args.batch, sw, s, 10) for s in (3000,)],
     }
     print("| method | warmup | draws x thinning | wall s | mean error (sd): max / rms | sd error: max / rms | reached |")
     print("|---|---:|---:|---:|---:|---:|---|")
