@@ -727,7 +727,7 @@ def _sample(args: argparse.Namespace) -> int:
     store = stream_samples(mcmc, args.out, jax.random.key(args.seed), args.draws, chunk_draws=args.chunk,
                            settings={**settings, "seed": args.seed}, init_params=init)
     sizes = ", ".join(f"{k} {shape}" for k, shape in store.shapes().items())
-    print(f"{store.draws} draws per chain in {store.path} ({sizes}); read them with "
+    print(f"{store.draws} draws per chain in {store.path} ({sizes}, {jax.device_count()} device(s)); read them with "
           f"numpyro_wjs.streaming.open_draws({str(store.path)!r}) or xarray.open_zarr.")
     return 0
 

@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = ["DrawStore", "StoreError", "open_draws", "stream_samples"]
 
@@ -225,7 +226,8 @@ def open_draws(path: str | os.PathLike):
 
 def stream_samples(mcmc, path, rng_key, num_draws: int, *, chunk_draws: int = 100,
                    settings: Mapping[str, Any] | None = None, init_params=None, progress: bool = True,
-                   model_args: tuple = (), model_kwargs: Mapping[str, Any] | None = None) -> DrawStore:
+                   model_args: tuple = (), model_kwargs: Mapping[str, Any] | None = None,
+                   mesh: Mesh | None = None) -> DrawStore:
     """Sample until ``num_draws`` draws per chain are in the store at ``path``.
 
     ``mcmc`` (a ``numpyro.infer.MCMC`` with ``chain_method="vectorized"`` or one chain) gives the
@@ -233,7 +235,9 @@ def stream_samples(mcmc, path, rng_key, num_draws: int, *, chunk_draws: int = 10
     ``num_draws``, ``chunk_draws`` and ``settings`` they identify the run. A new store runs
     ``mcmc.warmup`` from ``rng_key`` and ``init_params``; a store with a commit continues from its
     last state. One compiled function advances the chains by a chunk (``lax.scan``), whose
-    constrained draws are appended. Returns the store.
+    constrained draws are appended. The chains' state is sharded over the first axis of
+    ``mesh`` (default: all devices of the process when they divide the chains), and the
+    draws do not depend on it: a store may be resumed on another layout. Returns the store.
     """
     if mcmc.num_chains > 1 and mcmc.chain_method != "vectorized":
         raise ValueError(f"stream_samples runs chains vectorized; got chain_method={mcmc.chain_method!r}.")
@@ -251,6 +255,7 @@ def stream_samples(mcmc, path, rng_key, num_draws: int, *, chunk_draws: int = 10
     elif store.draws < num_draws:  # the kernel builds its functions in init; its state is the saved one
         keys = jax.random.split(rng_key, mcmc.num_chains) if mcmc.num_chains > 1 else rng_key
         kernel.init(keys, mcmc.num_warmup, init_params, model_args=model_args, model_kwargs=model_kwargs)
+    state = _shard_chains(state, mcmc.num_chains, mesh)
     advance = _chunk_fn(mcmc, model_args, model_kwargs)
     bar = _progress(progress, num_draws, store.draws)
     while store.draws < num_draws:
@@ -262,6 +267,21 @@ def stream_samples(mcmc, path, rng_key, num_draws: int, *, chunk_draws: int = 10
     if bar is not None:
         bar.close()
     return store
+
+
+def _shard_chains(state, num_chains: int, mesh: Mesh | None):
+    """``state`` with its chain axis split over ``mesh`` (see ``stream_samples``); one process only."""
+    if jax.process_count() > 1:
+        raise ValueError("stream_samples writes from one process; run it without jax.distributed.")
+    if mesh is None:
+        if jax.device_count() == 1 or num_chains % jax.device_count():
+            return state
+        mesh = Mesh(np.array(jax.devices()), ("chains",))
+    chains = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(
+        lambda a: jax.device_put(a, chains if np.ndim(a) and np.shape(a)[0] == num_chains else replicated), state
+    )
 
 
 def _chunk_fn(mcmc, model_args, model_kwargs):

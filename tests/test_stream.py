@@ -25,9 +25,10 @@ _RUN = ("import resource, sys; from numpyro_wjs.cli import main; code = main(sys
         "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
 
 
-def _cli(*argv: str) -> subprocess.Popen:
+def _cli(*argv: str, devices: int = 1) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     return subprocess.Popen([sys.executable, "-c", _RUN, "sample", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def _draws_done(store) -> int:
@@ -38,9 +39,10 @@ def _draws_done(store) -> int:
 
 
 def test_killed_run_resumes_to_the_draws_of_an_uninterrupted_one(tmp_path):
-    args = ["--model", "demo", "--chains", "2", "--draws", "300", "--chunk", "10", "--thin", "3000",
+    """Killed on 1 device, resumed with the chains sharded over 2, against a run over 4: the same draws."""
+    args = ["--model", "demo", "--chains", "4", "--draws", "200", "--chunk", "10", "--thin", "2000",
             "--warmup", "50"]
-    reference = _cli(*args, "--out", str(tmp_path / "whole.zarr"))
+    reference = _cli(*args, "--out", str(tmp_path / "whole.zarr"), devices=4)
     killed = _cli(*args, "--out", str(tmp_path / "killed.zarr"))
     deadline = time.monotonic() + 120
     while _draws_done(tmp_path / "killed.zarr") < 20 and killed.poll() is None and time.monotonic() < deadline:
@@ -48,15 +50,16 @@ def test_killed_run_resumes_to_the_draws_of_an_uninterrupted_one(tmp_path):
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
     done = _draws_done(tmp_path / "killed.zarr")
-    assert killed.returncode == -signal.SIGKILL and 20 <= done < 300, "killed too late"
+    assert killed.returncode == -signal.SIGKILL and 20 <= done < 200, "killed too late"
     partial = open_draws(tmp_path / "killed.zarr")["x"].values  # readable at its last commit
-    assert partial.shape == (2, done, 2) and np.isfinite(partial).all()
-    resumed = _cli(*args, "--out", str(tmp_path / "killed.zarr"))
-    for p in (resumed, reference):
+    assert partial.shape == (4, done, 2) and np.isfinite(partial).all()
+    resumed = _cli(*args, "--out", str(tmp_path / "killed.zarr"), devices=2)
+    for p, devices in ((resumed, 2), (reference, 4)):
         output, _ = p.communicate(timeout=180)
         assert p.returncode == 0, output[-2000:]
+        assert f"{devices} device(s)" in output
     whole = open_draws(tmp_path / "whole.zarr")["x"].values
-    assert whole.shape == (2, 300, 2)
+    assert whole.shape == (4, 200, 2)
     np.testing.assert_array_equal(open_draws(tmp_path / "killed.zarr")["x"].values, whole)
 
 
