@@ -74,6 +74,22 @@ def run(kernel, x, y, batch, warmup, draws, thinning=1, seed=1):
     return w, time.perf_counter() - start
 
 
+def laplace(x, y, iterations=12):
+    """Posterior mean and sds of the logistic regression by Laplace's approximation: Newton's
+    method to the mode, sds from the inverse Hessian. For ``N >> d`` the posterior is Gaussian
+    up to ``O(1 / sqrt(N))`` (Bernstein-von Mises): at ``N = 10^6``, ``d = 50`` far below
+    any Monte Carlo error here, and cheaper than a long NUTS run."""
+    w = jnp.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = jax.nn.sigmoid(x @ w)
+        grad = x.T @ (y - p) - w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + jnp.eye(x.shape[1])
+        w = w + jnp.linalg.solve(hess, grad)
+    p = jax.nn.sigmoid(x @ w)
+    hess = (x * (p * (1 - p))[:, None]).T @ x + jnp.eye(x.shape[1])
+    return np.asarray(w), np.sqrt(np.diag(np.linalg.inv(np.asarray(hess, dtype=np.float64))))
+
+
 def errors(w, ref_mean, ref_sd):
     """Max and root-mean-square over coordinates of the mean error (in sds) and sd error."""
     em, es = np.abs(w.mean(0) - ref_mean) / ref_sd, np.abs(w.std(0) / ref_sd - 1)
@@ -89,16 +105,23 @@ def main():
     p.add_argument("--sg-warmup", type=int, default=3000)
     p.add_argument("--nuts", default="100:100,200:400,300:1000", help="NUTS budgets warmup:draws,...")
     p.add_argument("--model", choices=["logistic", "hierarchical"], default="logistic")
+    p.add_argument("--reference", choices=["nuts", "laplace"], default="nuts",
+                   help="laplace: the Gaussian approximation at the mode (logistic model, N >> d)")
     args = p.parse_args()
     x, y = data(args.n, args.d, groups=args.model == "hierarchical")
     target = {"logistic": model, "hierarchical": hierarchical}[args.model]
     print(machine())
     print(f"{args.model}: N = {args.n}, d = {args.d}, B = {args.batch}")
 
-    ref, t_ref = run(NUTS(target), x, y, None, 300, args.ref_draws, seed=0)
-    ref_mean, ref_sd = ref.mean(0), ref.std(0)
-    print(f"reference: NUTS 300 + {args.ref_draws} draws, {t_ref:.1f} s "
-          f"(its MC error of a mean ~ {1 / np.sqrt(args.ref_draws):.3f} sd x sqrt(autocorrelation time))")
+    if args.reference == "laplace":
+        start = time.perf_counter()
+        ref_mean, ref_sd = laplace(x, y)
+        print(f"reference: Laplace approximation, {time.perf_counter() - start:.1f} s")
+    else:
+        ref, t_ref = run(NUTS(target), x, y, None, 300, args.ref_draws, seed=0)
+        ref_mean, ref_sd = ref.mean(0), ref.std(0)
+        print(f"reference: NUTS 300 + {args.ref_draws} draws, {t_ref:.1f} s "
+              f"(its MC error of a mean ~ {1 / np.sqrt(args.ref_draws):.3f} sd x sqrt(autocorrelation time))")
 
     sw = args.sg_warmup
     budgets = {
