@@ -60,6 +60,8 @@ def _worker(out: str, process_id: int, num_processes: int, port: int) -> None:
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
     draws = {}
     for name, (mcmc, kwargs) in _runs().items():
+        if name == "nuts" and num_processes == 1 and jax.device_count() == 4:
+            continue  # NUTS: 1 device against 2 processes x 2 devices (its compilation dominates the file)
         mcmc.run(jax.random.key(0), **kwargs)
         first = mcmc.get_samples(group_by_chain=True)
         assert len(jax.tree.leaves(first)[0]) == len(local_chains(CHAINS))
@@ -123,6 +125,8 @@ def test_draws_are_bit_identical_on_every_layout(layouts):
     np.testing.assert_array_equal(reference["mala_tree"], reference["mala0['x']"])
     for name in ("1x4", "2x2"):
         for key, value in reference.items():
+            if key.startswith("nuts") and name == "1x4":
+                continue
             assert value.shape[0] == CHAINS
             np.testing.assert_array_equal(layouts[name][key], value, err_msg=f"{name} {key}")
 
@@ -137,7 +141,7 @@ def test_sharded_equals_vmap_and_reads_into_arviz():
 
     runs = {}
     for name, method in (("vmap", jax.vmap), ("sharded", sharded())):
-        mcmc = MCMC(MALA(model), num_warmup=20, num_samples=5, num_chains=2, chain_method=method,
+        mcmc = MCMC(MALA(model), num_warmup=5, num_samples=5, num_chains=2, chain_method=method,
                     progress_bar=False)
         mcmc.run(jax.random.key(1))
         runs[name] = mcmc
