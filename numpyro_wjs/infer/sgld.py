@@ -468,9 +468,10 @@ class SGHMC(_SGKernel):
     uses. ``preconditioner="rmsprop"`` makes the mass ``M = diag(lam + sqrt(V))``.
 
     Warmup as ``SGLD`` (minibatch energy error of the BAOAB step,
-    ``core.sgld.sghmc_log_ratio``, for dual averaging); the noise rule allows
-    ``friction`` times the SGLD step, since gradient noise heats the velocity by
-    ``h Var(g~) / (2 friction)``.
+    ``core.sgld.sghmc_log_ratio``, for dual averaging), with a fresh velocity every
+    warmup step (one-step HMC moves, stable while ``C`` is still being learnt); the
+    noise rule allows ``friction`` times the SGLD step, since gradient noise heats the
+    velocity by ``h Var(g~) / (2 friction)``. The velocity persists after warmup.
 
     Parameters
     ----------
@@ -500,13 +501,11 @@ class SGHMC(_SGKernel):
         return core.sghmc_log_ratio(old, new, h, self._rmsprop, metric)
 
     def _after_warmup_step(self, kept, info, old_metric, new_metric, key):
-        """A warmup step rejected, or a new mass matrix: a fresh velocity ``v ~ N(0, M)``."""
-        if new_metric is None:
-            fresh = ~info.is_accepted
-        else:
-            fresh = ~info.is_accepted | jnp.any(new_metric.inverse_mass_matrix != old_metric.inverse_mass_matrix)
+        """A fresh velocity ``v ~ N(0, M)`` after every warmup step: warmup steps are then
+        one-step HMC moves (full refresh), which stay stable while ``C`` is still far from
+        the posterior's scale (before the first window, ``friction`` in the units of
+        ``C = I`` can leave the dynamics underdamped by orders of magnitude)."""
         if self._rmsprop is not None:
             new_metric = core.rmsprop_metric(kept.square_avg, self._rmsprop)
-        v = langevin.draw_velocity(key, kept.velocity, new_metric)
-        return kept._replace(velocity=jnp.where(fresh, v, kept.velocity))
+        return kept._replace(velocity=langevin.draw_velocity(key, kept.velocity, new_metric))
 
