@@ -83,7 +83,7 @@ def scan_loop(
         state, keys = carry
         split = jax.vmap(jax.random.split)(keys)
         state = jax.vmap(step)(split[:, 1], state)
-        return (state, split[:, 0]), state.position
+        return (state, split[:, 0]), state[0]  # the position: z, or BlackJAX's position
 
     def run(state, keys):
         last, xs = jax.lax.scan(body, (state, keys), length=steps)
@@ -148,8 +148,8 @@ def build_cases(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
 
     bj = blackjax.mala(logp, MALA_STEP)
     steps = {
-        "ULA": (
-            lambda k, s: langevin.ula_step(k, s, score, ULA_STEP),
+        "ULA": (  # the bare move, without the energy error the kernel reports
+            lambda k, s: s._replace(z=(x := langevin.langevin_proposal(k, s.z, s.score, ULA_STEP)), score=score(x)),
             jax.vmap(lambda x: langevin.ula_init(x, score))(init),
         ),
         "MALA": (
@@ -157,7 +157,8 @@ def build_cases(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
             jax.vmap(lambda x: langevin.mala_init(x, logp))(init),
         ),
         "UnderdampedLangevin": (
-            lambda k, s: langevin.baoab_step(k, s, score, BAOAB_STEP, FRICTION),
+            lambda k, s: s._replace(**dict(zip(("z", "velocity", "score"), langevin.baoab(
+                k, s.z, s.velocity, s.score, score, BAOAB_STEP, FRICTION)))),
             jax.vmap(lambda x, k: langevin.underdamped_init(x, score, k))(init, chain_keys),
         ),
     }

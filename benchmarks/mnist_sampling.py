@@ -55,7 +55,7 @@ from numpyro.infer import MCMC
 
 from numpyro_wjs import langevin
 from numpyro_wjs.core import walkjump
-from numpyro_wjs.core.walkjump import WalkState
+from numpyro_wjs.core.walkjump import WalkJumpState
 from numpyro_wjs.infer.walkjump import WalkJump
 from numpyro_wjs.nn.denoisers import UNet
 
@@ -100,7 +100,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def bare_program(net: UNet, steps: int, collect: bool = True) -> Callable:
-    """``(chain_keys, x0) -> (jumps (T, C, ...) or None, last WalkState)``, jitted.
+    """``(chain_keys, x0) -> (jumps (T, C, ...) or None, last WalkJumpState)``, jitted.
 
     Per chain, as :class:`WalkJump` does: ``y0 = x0 + sigma eps``, ``v0 ~ N(0, I)``,
     then per step split the chain's key, one :func:`walkjump.walk_step` and the jump
@@ -108,13 +108,12 @@ def bare_program(net: UNet, steps: int, collect: bool = True) -> Callable:
     """
     score_fn = walkjump.smoothed_score(lambda y: net(y, SIGMA), SIGMA)
 
-    def init_one(x0: jax.Array, key: jax.Array) -> tuple[WalkState, jax.Array]:
+    def init_one(x0: jax.Array, key: jax.Array) -> tuple[WalkJumpState, jax.Array]:
         key, key_noise, key_v = jax.random.split(key, 3)
         y0 = x0 + SIGMA * langevin.normal_like(key_noise, x0)
-        st = langevin.underdamped_init(y0, score_fn, key_v)
-        return WalkState(st.position, st.velocity, st.score), key
+        return walkjump.walk_init(y0, score_fn, key_v), key
 
-    def step_one(state: WalkState, key: jax.Array) -> tuple[WalkState, jax.Array, jax.Array]:
+    def step_one(state: WalkJumpState, key: jax.Array) -> tuple[WalkJumpState, jax.Array, jax.Array]:
         key, key_walk = jax.random.split(key)
         state, _ = walkjump.walk_step(key_walk, state, score_fn, STEP_SIZE, FRICTION)
         return state, key, state.y + SIGMA**2 * state.score
@@ -136,10 +135,10 @@ def bare_init_program(net: UNet) -> Callable:
     """Jitted ``vmap`` of the initialisation alone (one denoiser call per chain)."""
     score_fn = walkjump.smoothed_score(lambda y: net(y, SIGMA), SIGMA)
 
-    def init(keys: jax.Array, x0: jax.Array) -> langevin.UnderdampedState:
+    def init(keys: jax.Array, x0: jax.Array) -> WalkJumpState:
         def one(x, key):
             key_noise, key_v = jax.random.split(key)
-            return langevin.underdamped_init(x + SIGMA * langevin.normal_like(key_noise, x), score_fn, key_v)
+            return walkjump.walk_init(x + SIGMA * langevin.normal_like(key_noise, x), score_fn, key_v)
 
         return jax.vmap(one)(x0, keys)
 

@@ -5,10 +5,12 @@ Layers (docs/architecture.md): ``core`` (pure JAX steps), ``infer`` (NumPyro ker
 The kernels, the exact targets and the pure steps are re-exported here.
 """
 
-from numpyro_wjs.core import gibbs, langevin, metropolis, walkjump
+from numpyro_wjs.core import gibbs, langevin, malt, metropolis, sgld, walkjump
 from numpyro_wjs.infer.gibbs import GibbsWalkJump
 from numpyro_wjs.infer.langevin import MALA, ULA, UnderdampedLangevin
+from numpyro_wjs.infer.malt import MALT
 from numpyro_wjs.infer.numpyro_hooks import link_numpyro_submodules
+from numpyro_wjs.infer.sgld import SGHMC, SGLD
 from numpyro_wjs.infer.walkjump import WalkJump
 from numpyro_wjs.targets import Gaussian, GaussianMixture
 
@@ -18,6 +20,9 @@ __all__ = [
     "ULA",
     "MALA",
     "UnderdampedLangevin",
+    "MALT",
+    "SGLD",
+    "SGHMC",
     "WalkJump",
     "GibbsWalkJump",
     "GaussianMixture",
@@ -26,6 +31,8 @@ __all__ = [
     "metropolis",
     "walkjump",
     "gibbs",
+    "malt",
+    "sgld",
     "__version__",
 ]
 

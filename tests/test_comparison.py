@@ -215,3 +215,10 @@ def test_samplers_as_a_list_are_named_by_their_labels():
     assert "acceptance_rate" in runs["MALA"].data["sample_stats"]
     with pytest.raises(ValueError, match="same label"):
         run_samplers(GM, [MALA(GM.model()), MALA(GM.model())], budget=60)
+
+
+def test_malt_cost_is_its_num_steps_when_the_length_is_adapted():
+    from numpyro_wjs import MALT
+
+    assert evaluations_per_draw(MALT(GM.model())) is None  # read from each draw's num_steps, as NUTS
+    assert evaluations_per_draw(MALT(GM.model(), num_steps=8)) == 8

@@ -10,7 +10,7 @@ from numpyro.infer import MCMC, NUTS
 
 from mc import assert_mean_close, assert_moments_close
 from numpyro_wjs import GibbsWalkJump, WalkJump
-from numpyro_wjs.core import gibbs
+from numpyro_wjs.core import gibbs, langevin
 
 OBS_1D = np.array([2.9, 2.1])
 
@@ -127,7 +127,7 @@ def test_denoise_step_leaves_the_conditional_invariant(num_mala_steps):
         return point, point.z
 
     z0 = jnp.array([0.0])
-    point = gibbs.GibbsPoint(z0, logp(z0), -z0)
+    point = langevin.LangevinState(z0, -logp(z0), -z0)
     keys = jax.random.split(jax.random.key(0), 4 * 5000).reshape(4, 5000)
     zs = jax.vmap(lambda k: jax.lax.scan(body, point, k)[1])(keys)
     var = sigma**2 / (1 + sigma**2)
@@ -156,7 +156,7 @@ def test_gibbs_sweep_targets_p():
         return point, point.z[0]
 
     z0 = jnp.array([0.0])
-    point = gibbs.GibbsPoint(z0, logp(z0), jax.grad(logp)(z0))
+    point = langevin.LangevinState(z0, -logp(z0), jax.grad(logp)(z0))
     keys = jax.random.split(jax.random.key(1), 4 * 5000).reshape(4, 5000)
     zs = np.asarray(jax.vmap(lambda k: jax.lax.scan(body, point, k)[1])(keys))[:, 100:]
     assert_mean_close(zs, 0.6, what="E[z]")

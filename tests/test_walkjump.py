@@ -180,8 +180,7 @@ def test_functional_core_in_a_scan():
     sigma = 1.0
     score = walkjump.smoothed_score(GM1.denoiser(sigma), sigma)
     from numpyro_wjs import langevin
-    st = langevin.underdamped_init(jnp.zeros(1), score, jax.random.key(0))
-    st = walkjump.WalkState(st.position, st.velocity, st.score)
+    st = walkjump.walk_init(jnp.zeros(1), score, jax.random.key(0))
 
     def body(st, key):
         st, log_ratio = walkjump.walk_step(key, st, score, 0.5, 1.0)
@@ -221,7 +220,7 @@ def test_estimated_acceptance_is_exact_for_gaussian_p_y(underdamped):
         k_y, k_v, k_step = jax.random.split(key, 3)
         y0 = math.sqrt(s2) * jax.random.normal(k_y, (3,))
         v0 = jax.random.normal(k_v, (3,))
-        new, log_ratio = walkjump.walk_step(k_step, walkjump.WalkState(y0, v0, score(y0)), score, h, 1.0,
+        new, log_ratio = walkjump.walk_step(k_step, walkjump.WalkJumpState(y0, y0, v0, score(y0)), score, h, 1.0,
                                             underdamped)
         return log_ratio, _exact_walk_log_ratio(y0, v0, new.y, new.velocity, h, logp, score, underdamped)
 
@@ -359,8 +358,8 @@ def test_walk_jump_step_is_exact_on_a_gaussian():
         state = walkjump.walk_init(jnp.zeros(2), score, key_init)
 
         def body(state, key):
-            state, x, info = walkjump.walk_jump_step(key, state, score, tweedie, sigma, 0.5, num_steps=2)
-            return state, (x, info.diverging)
+            state, info = walkjump.walk_jump_step(key, state, score, tweedie, sigma, 0.5, num_steps=2)
+            return state, (state.x, info.diverging)
 
         return jax.lax.scan(body, state, jax.random.split(key_run, 4000))[1]
 

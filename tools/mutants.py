@@ -78,17 +78,15 @@ HOP = f"{T_MWJ}::test_denoise_step_leaves_the_conditional_invariant"
 SWEEP = f"{T_MWJ}::test_gibbs_sweep_targets_p"
 NOISE = f"{T_MWJ}::test_noise_step_draws_y_around_z_with_variance_sigma_squared"
 SIGMA_ADAPT = f"{T_MWJ}::test_sigma_adaptation_reaches_the_target_hop_acceptance"
-MALA_MODEL = f"{T_KER}::test_mala_and_nuts_agree_on_a_model"
 MALA_ADAPT = f"{T_KER}::test_mala_recovers_ill_conditioned_gaussian_with_adaptation"
 
-ULA_LINE = "x_new = x + step_size * _apply_c(metric, g) + jnp.sqrt(2 * step_size) * _noise_c(metric, eps)"
 
 # files, relative to numpyro_wjs/
 C_LANGEVIN = "core/langevin.py"
 C_METROPOLIS = "core/metropolis.py"
 C_WALKJUMP = "core/walkjump.py"
 C_GIBBS = "core/gibbs.py"
-I_LANGEVIN = "infer/langevin.py"
+I_BASE = "infer/base.py"
 I_ADAPTATION = "infer/adaptation.py"
 I_WALKJUMP = "infer/walkjump.py"
 I_GIBBS = "infer/gibbs.py"
@@ -96,16 +94,17 @@ I_GIBBS = "infer/gibbs.py"
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ core/langevin.py, core/metropolis.py
     Mutant("ula_noise_sqrt_h", C_LANGEVIN,
-           f"{ULA_LINE}\n    return LangevinState",
-           f"{ULA_LINE.replace('jnp.sqrt(2 * step_size)', 'jnp.sqrt(step_size)')}\n    return LangevinState",
+           "        x_new = langevin_proposal(key, x, g, h, metric)",
+           "        x_new = langevin_proposal(key, x, g, h / 2, metric) + h * _apply_c(metric, g) / 2",
            (ULA_VAR,), "ULA noise sqrt(h) instead of sqrt(2h): samples p^2 (half the variance)"),
     Mutant("ula_drift_half", C_LANGEVIN,
-           f"{ULA_LINE}\n    return LangevinState",
-           f"{ULA_LINE.replace('x + step_size *', 'x + 0.5 * step_size *')}\n    return LangevinState",
+           "        x_new = langevin_proposal(key, x, g, h, metric)",
+           "        x_new = langevin_proposal(key, x, g, h, metric) - h * _apply_c(metric, g) / 2",
            (ULA_VAR,), "ULA drift h/2: samples sqrt(p) (twice the variance)"),
     Mutant("mala_proposal_noise_sqrt_h", C_LANGEVIN,
-           f"{ULA_LINE}\n    logp_new",
-           f"{ULA_LINE.replace('jnp.sqrt(2 * step_size)', 'jnp.sqrt(step_size)')}\n    logp_new",
+           "langevin_proposal(key_prop, x, state.score, step_size, metric)",
+           "langevin_proposal(key_prop, x, state.score, step_size / 2, metric)"
+           " + step_size * _apply_c(metric, state.score) / 2",
            (MALA_DENSE,), "MALA proposes with half the variance its Hastings ratio assumes"),
     Mutant("mala_hastings_flipped", C_LANGEVIN,
            "return dlogp + _mala_log_q(metric, x, x_new, g_new, step_size) - _mala_log_q(metric, x_new, x, g, step_size)",
@@ -146,8 +145,8 @@ MUTANTS: list[Mutant] = [
            "x = x + h * _apply_c(metric, v)\n    g = score_fn(x)",
            (BAOAB_EXACT,), "BAOAB's second A step moves a full step"),
     Mutant("baoab_last_kick_dropped", C_LANGEVIN,
-           "    v = v + 0.5 * h * g\n    return UnderdampedState",
-           "    return UnderdampedState",
+           "    v = v + 0.5 * h * g\n    return x, v, g",
+           "    return x, v, g",
            (BAOAB_EXACT,), "BAOAB without its closing B half kick"),
     # ------------------------------------------------------------------ walk-jump: core/walkjump.py, infer/walkjump.py
     Mutant("smoothed_score_over_sigma", C_WALKJUMP,
@@ -177,15 +176,15 @@ MUTANTS: list[Mutant] = [
            "denoiser((prev_total + y) / m, s_m)", "denoiser(y, s_m)",
            (WJ_SEQ,), "y_m's score ignores y_1..y_{m-1}"),
     Mutant("sequential_final_jump_without_sigma2", C_WALKJUMP,
-           "xhat = st.position + sigma**2 * st.score", "xhat = st.position + st.score",
+           "xhat = y + sigma**2 * g", "xhat = y + g",
            (WJ_SEQ,), "sequential jump y + score instead of y + sigma^2 score"),
     Mutant("overdamped_acceptance_terms_swapped", C_WALKJUMP,
-           "core.langevin_log_ratio(y0, g0, y1, g1, dlogp, step_size)",
-           "core.langevin_log_ratio(y1, g1, y0, g0, dlogp, step_size)",
+           "core.langevin_log_ratio(y0, g0, y1, g1, core.trapezoid_dlogp(y0, g0, y1, g1), step_size)",
+           "core.langevin_log_ratio(y1, g1, y0, g0, core.trapezoid_dlogp(y0, g0, y1, g1), step_size)",
            (WJ_ACC,), "issue 15: overdamped acceptance estimate with its proposal terms swapped"),
     Mutant("overdamped_log_q_scale", C_WALKJUMP,
-           "core.langevin_log_ratio(y0, g0, y1, g1, dlogp, step_size)",
-           "core.langevin_log_ratio(y0, g0, y1, g1, dlogp, 2 * step_size)",
+           "core.langevin_log_ratio(y0, g0, y1, g1, core.trapezoid_dlogp(y0, g0, y1, g1), step_size)",
+           "core.langevin_log_ratio(y0, g0, y1, g1, core.trapezoid_dlogp(y0, g0, y1, g1), 2 * step_size)",
            (WJ_ACC,), "overdamped acceptance estimate with the wrong proposal density"),
     Mutant("underdamped_kinetic_sign", C_LANGEVIN,
            "    return dlogp - dk",
@@ -200,12 +199,12 @@ MUTANTS: list[Mutant] = [
            (WJ_TUNE,), "the walk's dual averaging ignores target_accept_prob"),
     # ------------------------------------------------------------------ Gibbs walk-jump: core/gibbs.py, infer/gibbs.py
     Mutant("hop_counts_gaussian_terms", C_GIBBS,
-           "logp_prop - point.logdensity, proposal",
-           "logp_prop - point.logdensity - 0.5 * jnp.sum((y - z_prop) ** 2) / sigma**2"
+           "logp_prop + point.potential_energy, proposal",
+           "logp_prop + point.potential_energy - 0.5 * jnp.sum((y - z_prop) ** 2) / sigma**2"
            " + 0.5 * jnp.sum((y - point.z) ** 2) / sigma**2, proposal",
            (HOP,), "issue 15: hop acceptance also counts N(y; z, sigma^2), which the proposal cancels"),
     Mutant("hop_ratio_flipped", C_GIBBS,
-           "logp_prop - point.logdensity, proposal", "point.logdensity - logp_prop, proposal",
+           "logp_prop + point.potential_energy, proposal", "-point.potential_energy - logp_prop, proposal",
            (HOP,), "hop accepted with p(z) / p(z')"),
     Mutant("hop_proposal_too_wide", C_GIBBS,
            "z_prop = noise_step(key_prop, y, sigma)", "z_prop = noise_step(key_prop, y, 2 * sigma)",
@@ -226,13 +225,14 @@ MUTANTS: list[Mutant] = [
            "self.target - statistic", "statistic - self.target",
            (SIGMA_ADAPT,), "sigma adaptation moves away from target_hop_accept_prob"),
     # ------------------------------------------------------------------ Langevin kernels: infer/langevin.py
-    Mutant("mala_kernel_potential_sign", I_LANGEVIN,
-           "c = core.AdjustedLangevinState(x, -state.potential_energy, state.score)",
-           "c = core.AdjustedLangevinState(x, state.potential_energy, state.score)",
-           (MALA_MODEL,), "MALA kernel uses +potential as log p at the current point"),
-    Mutant("mala_kernel_adapts_to_rejection", I_LANGEVIN,
-           'self._adapt(i, accept_prob, new["z"]',
-           'self._adapt(i, 1.0 - accept_prob, new["z"]',
+    Mutant("mala_kernel_potential_sign", C_LANGEVIN,
+           "x_new, g_new, logp_new + state.potential_energy, step_size",
+           "x_new, g_new, logp_new - state.potential_energy, step_size",
+           (f"{T_LANGEVIN}::test_mala_energy_error_is_minus_the_exact_hastings_log_ratio",),
+           "MALA uses +potential as log p at the current point"),
+    Mutant("mala_kernel_adapts_to_rejection", I_BASE,
+           "update(s.i, info.acceptance_rate, z,",
+           "update(s.i, 1.0 - info.acceptance_rate, z,",
            (f"{MALA_ADAPT}[False]",), "dual averaging fed the rejection rate instead of the acceptance"),
     # ------------------------------------------------------------------ step control of the unadjusted kernels
     Mutant("baoab_kinetic_energy_in_mass_metric", C_LANGEVIN,
@@ -240,9 +240,9 @@ MUTANTS: list[Mutant] = [
            "w = v if m is None else _times(m.mass_matrix_sqrt, v, transpose=True)",
            (f"{T_STEP}::test_log_ratio_helpers_match_the_exact_energy_error_on_a_gaussian",),
            "BAOAB's energy error measures v^T M v instead of v^T C v: the tuning statistic is wrong"),
-    Mutant("ula_adapts_on_the_wrong_logp_difference", I_LANGEVIN,
-           "return -logp, logp + potential_energy",
-           "return -logp, -logp - potential_energy",
+    Mutant("ula_adapts_on_the_wrong_logp_difference", C_LANGEVIN,
+           "return -logp, logp + pe",
+           "return -logp, -logp - pe",
            (f"{T_STEP}::test_ula_default_step_is_tuned_and_its_bias_is_the_known_one[potential]",),
            "the exact log p difference of the computed acceptance has its sign flipped"),
     Mutant("divergence_threshold_ignored", C_METROPOLIS,
@@ -250,8 +250,8 @@ MUTANTS: list[Mutant] = [
            "return ~(all_finite(log_ratio, *xs) & (log_ratio > -jnp.inf))",
            (f"{T_STEP}::test_blow_ups_are_flagged_in_the_first_steps_and_discarded",),
            "only non-finite steps count as divergent: a blow-up runs to 1e17 unflagged"),
-    Mutant("discarded_kinetic_step_keeps_velocity", I_LANGEVIN,
-           "reverse = -state.velocity", "reverse = state.velocity",
+    Mutant("discarded_kinetic_step_keeps_velocity", C_LANGEVIN,
+           "jnp.where(adjusted, fresh, -state.velocity)", "jnp.where(adjusted, fresh, state.velocity)",
            (f"{T_STEP}::test_a_discarded_kinetic_step_reverses_the_velocity",),
            "a divergent kinetic step is retried in the same direction (stuck in a funnel's neck)"),
 ]

@@ -49,6 +49,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import random
+from jax.flatten_util import ravel_pytree
 
 from numpyro_wjs.core.langevin import (
     Metric,
@@ -69,6 +70,7 @@ __all__ = [
     "LengthAdaptState",
     "MALTInfo",
     "MALTState",
+    "MALTStats",
     "bab_step",
     "chees_gradient",
     "friction_from_length",
@@ -90,14 +92,30 @@ FRICTION_TIMES_LENGTH = 1.0
 
 
 class MALTState(NamedTuple):
-    """The point of a MALT chain; the velocity is drawn afresh every draw, so it is not state."""
+    """The point of a MALT chain (the velocity is drawn afresh every draw, so it is not state),
+    as the NumPyro kernel carries it."""
 
     z: Array
-    """Flat ``(d,)`` position."""
+    """Position: a flat ``(d,)`` array, or (in ``malt_step``) any pytree."""
     potential_energy: Array
     """``-log p(z)``, needed by the energy error."""
     score: Array
-    """``grad log p(z)``, the first half kick of the next trajectory."""
+    """``grad log p(z)`` (flat), the first half kick of the next trajectory."""
+    length: LengthAdaptState | None = None
+    """The ChEES adaptation of the trajectory length that a kernel carries (``None`` alone)."""
+
+
+class MALTStats(NamedTuple):
+    """What a MALT kernel reports for one draw (``MALTInfo`` without the trajectory's end)."""
+
+    acceptance_rate: Array = 0.0
+    is_accepted: Array = False
+    energy_error: Array = 0.0
+    diverging: Array = False
+    num_steps: Array = 0
+    """OBABO steps, i.e. gradient evaluations."""
+    trajectory_length: Array = 0.0
+    """The mean trajectory length ``T`` the draw's jittered length was drawn around."""
 
 
 class MALTInfo(NamedTuple):
@@ -138,7 +156,7 @@ def bab_step(
     logp, score = jax.value_and_grad(logdensity_fn)(z)
     v_new = v_half + 0.5 * h * score
     error = (-logp - state.potential_energy) + 0.5 * (_sq_norm_c(metric, v_new) - _sq_norm_c(metric, v))
-    return MALTState(z, -logp, score), v_new, error
+    return state._replace(z=z, potential_energy=-logp, score=score), v_new, error
 
 
 def _ornstein_uhlenbeck(key: Array, v: Array, eta, metric: Metric | None) -> Array:
@@ -190,11 +208,13 @@ def malt_step(
     gradients.
     """
     key_v, key_traj, key_mh = random.split(rng_key, 3)
-    v = draw_velocity(key_v, state.z, metric)
-    proposal, v_end, delta = malt_trajectory(key_traj, state, v, logdensity_fn, step_size, num_steps, friction, metric)
-    kept, mh = metropolis_hastings(key_mh, -delta, proposal, state, *proposal)
+    x, unravel = ravel_pytree(state.z)
+    start = MALTState(x, state.potential_energy, state.score)
+    v = draw_velocity(key_v, x, metric)
+    proposal, v_end, delta = malt_trajectory(key_traj, start, v, logdensity_fn, step_size, num_steps, friction, metric)
+    kept, mh = metropolis_hastings(key_mh, -delta, proposal, start, *proposal[:3])
     info = MALTInfo(mh.acceptance_rate, mh.is_accepted, delta, mh.diverging, jnp.asarray(num_steps), proposal, v_end)
-    return kept, info
+    return kept._replace(z=unravel(kept.z), length=state.length), info
 
 
 # --------------------------------------------------------------------------- trajectory length

@@ -35,12 +35,14 @@ MAX_LOG_ACCEPT_DROP = 1000.0
 class MetropolisInfo(NamedTuple):
     """What happened to one proposal."""
 
-    acceptance_rate: Array
+    acceptance_rate: Array = 0.0
     """``min(1, exp(log_ratio))``, 0 for a divergent proposal: drives step-size adaptation."""
-    is_accepted: Array
+    is_accepted: Array = False
     """Whether the proposal was accepted."""
-    diverging: Array
+    diverging: Array = False
     """The proposal was non-finite or its log ratio below ``-MAX_LOG_ACCEPT_DROP``."""
+    energy_error: Array = 0.0
+    """Minus the log ratio (the energy error of a Hamiltonian or Langevin move)."""
 
 
 def all_finite(*xs: Array) -> Array:
@@ -81,4 +83,4 @@ def metropolis_hastings(
     diverging = diverged(log_ratio, *values)
     prob = jnp.where(diverging, 0.0, accept_prob(log_ratio))
     accepted = random.uniform(rng_key, dtype=jnp.result_type(prob)) < prob
-    return select(accepted, proposal, current), MetropolisInfo(prob, accepted, diverging)
+    return select(accepted, proposal, current), MetropolisInfo(prob, accepted, diverging, -log_ratio)

@@ -46,16 +46,14 @@ import jax.numpy as jnp
 from jax import random
 
 from numpyro_wjs.core.langevin import (
-    LangevinState,
     Metric,
-    UnderdampedState,
+    baoab,
     baoab_log_ratio,
-    baoab_step,
     draw_velocity,
     langevin_log_ratio,
+    langevin_proposal,
     metric,
     trapezoid_dlogp,
-    ula_step,
 )
 from numpyro_wjs.core.metropolis import all_finite, select
 
@@ -173,7 +171,8 @@ def sgld_step(
     if rmsprop is not None:
         square_avg = rmsprop_update(square_avg, state.score, rmsprop)
         metric = rmsprop_metric(square_avg, rmsprop)
-    z, g = ula_step(key_noise, LangevinState(state.z, state.score), lambda x: grad_fn(key_batch, x), step_size, metric)
+    z = langevin_proposal(key_noise, state.z, state.score, step_size, metric)
+    g = grad_fn(key_batch, z)
     return _keep_finite(SGLDState(z, g, square_avg), state, z, g)
 
 
@@ -214,7 +213,7 @@ def sghmc_step(
 ) -> tuple[SGHMCState, SGInfo]:
     """One BAOAB step of underdamped Langevin with the stochastic gradient ``g~``.
 
-    ``core.langevin.baoab_step`` with ``g~``: the gradient at the end of a step (on a
+    ``core.langevin.baoab`` with ``g~``: the gradient at the end of a step (on a
     fresh minibatch) gives that step's last half kick and the next step's first, so
     each step adds ``h g~`` to the velocity, as SGHMC (Chen, Fox & Guestrin 2014) does;
     the O part is the exact Ornstein-Uhlenbeck refresh with friction ``gamma``. The
@@ -234,8 +233,8 @@ def sghmc_step(
         old = rmsprop_metric(state.square_avg, rmsprop)
         metric = rmsprop_metric(square_avg, rmsprop)
         velocity = velocity * metric.mass_matrix_sqrt / old.mass_matrix_sqrt
-    old_state = UnderdampedState(state.z, velocity, state.score)
-    z, v, g = baoab_step(key_noise, old_state, lambda x: grad_fn(key_batch, x), step_size, friction, metric)
+    z, v, g = baoab(key_noise, state.z, velocity, state.score, lambda x: grad_fn(key_batch, x), step_size, friction,
+                    metric)
     return _keep_finite(SGHMCState(z, v, g, square_avg), state, z, v, g)
 
 
@@ -269,9 +268,7 @@ def sghmc_log_ratio(old: SGHMCState, new: SGHMCState, step_size, rmsprop: RMSPro
     velocity entering the step is rescaled as ``sghmc_step`` does under RMSprop."""
     c_old, c = _step_metric(old.square_avg, new.square_avg, rmsprop, metric)
     v = old.velocity if rmsprop is None else old.velocity * c.mass_matrix_sqrt / c_old.mass_matrix_sqrt
-    return baoab_log_ratio(
-        UnderdampedState(old.z, v, old.score), UnderdampedState(new.z, new.velocity, new.score), step_size, c
-    )
+    return baoab_log_ratio((old.z, v, old.score), (new.z, new.velocity, new.score), step_size, c)
 
 
 # --------------------------------------------------------------------------- control variates

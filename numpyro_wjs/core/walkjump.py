@@ -29,8 +29,8 @@ Example
 >>> jump = lambda key, y, score: y + 1.0**2 * score   # Tweedie: E[X | y] at sigma = 1
 >>> state = walkjump.walk_init(jnp.zeros(1), score, jax.random.key(0))
 >>> def body(state, key):
-...     state, x, info = walkjump.walk_jump_step(key, state, score, jump, 1.0, 0.5, num_steps=1)
-...     return state, x
+...     state, info = walkjump.walk_jump_step(key, state, score, jump, 1.0, 0.5, num_steps=1)
+...     return state, state.x
 >>> _, xs = jax.lax.scan(body, state, jax.random.split(jax.random.key(1), 500))
 >>> xs.shape
 (500, 1)
@@ -54,7 +54,7 @@ ScoreFn = Callable[[Array], Array]
 JumpFn = Callable[[Array, Array, Array], Array]
 
 __all__ = [
-    "WalkState",
+    "WalkJumpState",
     "WalkInfo",
     "smoothed_score",
     "joint_score",
@@ -83,38 +83,44 @@ def joint_score(denoiser: Callable[[Array, float], Array], sigma: float, num_mea
 class WalkInfo(NamedTuple):
     """What happened during the walk of one draw."""
 
-    acceptance_rate: Array
+    acceptance_rate: Array = 0.0
     """Mean estimated Metropolis acceptance of the walk steps (0 for a discarded step)."""
-    diverging: Array
+    diverging: Array = False
     """A walk step was non-finite or its estimated energy error exceeded
-    ``MAX_LOG_ACCEPT_DROP``; it was discarded."""
+    ``MAX_LOG_ACCEPT_DROP`` (it was discarded), or the jump was non-finite (the last
+    jump was kept)."""
+    energy_error: Array = 0.0
+    """Mean estimated energy error of the walk steps."""
 
 
-class WalkState(NamedTuple):
-    """State of the walk on ``p_Y``."""
+class WalkJumpState(NamedTuple):
+    """State of walk-jump sampling, as the NumPyro kernel carries it."""
 
+    x: Array
+    """The last jump ``E[X | y]`` (the draw)."""
     y: Array
-    """Noisy position (one measurement ``(*event)``, or ``(M, *event)``)."""
+    """Noisy position of the walk (one measurement ``(*event)``, or ``(M, *event)``)."""
     velocity: Array
     """Momentum of the underdamped walk (zeros and unused for the overdamped one)."""
     score: Array
     """``grad log p_Y(y)``; the jump ``E[X|y]`` is ``y + sigma^2 score``, free of charge."""
 
 
-def walk_init(y: Array, score_fn: ScoreFn, rng_key: Array | None = None) -> WalkState:
-    """Walk state at ``y``; velocity ``v ~ N(0, I)`` when ``rng_key`` is given (underdamped), else 0."""
-    st = core.underdamped_init(y, score_fn, rng_key)
-    return WalkState(st.position, st.velocity, st.score)
+def walk_init(y: Array, score_fn: ScoreFn, rng_key: Array | None = None, x: Array | None = None) -> WalkJumpState:
+    """State at ``y``; velocity ``v ~ N(0, I)`` when ``rng_key`` is given (underdamped), else 0;
+    the jump ``x`` (default ``y``) until the first draw."""
+    v = jnp.zeros_like(y) if rng_key is None else core.draw_velocity(rng_key, y)
+    return WalkJumpState(y if x is None else x, y, v, score_fn(y))
 
 
 def walk_step(
     rng_key: Array,
-    state: WalkState,
+    state: WalkJumpState,
     score_fn: Callable[[Array], Array],
     step_size,
     friction,
     underdamped: bool = True,
-) -> tuple[WalkState, Array]:
+) -> tuple[WalkJumpState, Array]:
     """One walk step: BAOAB (underdamped) or ULA (overdamped) on ``p_Y``.
 
     Returns the new state and the *estimated* log Metropolis-Hastings ratio of the
@@ -123,14 +129,17 @@ def walk_step(
     is locally Gaussian. Minus it is the step's energy error, which flags divergence
     and (optionally) tunes the step; the walk itself is never rejected.
     """
-    y0, v0, g0 = state
+    old = (state.y, state.velocity, state.score)
     if underdamped:
-        old = core.UnderdampedState(y0, v0, g0)
-        s = core.baoab_step(rng_key, old, score_fn, step_size, friction)
-        return WalkState(*s), core.baoab_log_ratio(old, s, step_size)
-    y1, g1 = core.ula_step(rng_key, core.LangevinState(y0, g0), score_fn, step_size)
-    dlogp = core.trapezoid_dlogp(y0, g0, y1, g1)
-    return WalkState(y1, v0, g1), core.langevin_log_ratio(y0, g0, y1, g1, dlogp, step_size)
+        new = core.baoab(rng_key, *old, score_fn, step_size, friction)
+        log_ratio = core.baoab_log_ratio(old, new, step_size)
+    else:
+        y0, v0, g0 = old
+        y1 = core.langevin_proposal(rng_key, y0, g0, step_size)
+        g1 = score_fn(y1)
+        new = (y1, v0, g1)
+        log_ratio = core.langevin_log_ratio(y0, g0, y1, g1, core.trapezoid_dlogp(y0, g0, y1, g1), step_size)
+    return state._replace(y=new[0], velocity=new[1], score=new[2]), log_ratio
 
 
 def sequential_jump(
@@ -163,14 +172,14 @@ def sequential_jump(
             return (denoiser((prev_total + y) / m, s_m) - y) / sigma**2
 
         y = xhat + sigma * core.normal_like(key_init, y1)
-        st = core.underdamped_init(y, score, key_v)
+        walk = (y, core.draw_velocity(key_v, y), score(y))
 
-        def body(st, key, score=score):
-            return core.baoab_step(key, st, score, step_size, friction), None
+        def body(walk, key, score=score):
+            return core.baoab(key, *walk, score, step_size, friction), None
 
-        st, _ = jax.lax.scan(body, st, random.split(key_walk, num_inner_steps))
-        total = prev_total + st.position
-        xhat = st.position + sigma**2 * st.score  # = E[X | ybar_m] at the final y_m
+        (y, _, g), _ = jax.lax.scan(body, walk, random.split(key_walk, num_inner_steps))
+        total = prev_total + y
+        xhat = y + sigma**2 * g  # = E[X | ybar_m] at the final y_m
     return xhat
 
 
@@ -178,31 +187,35 @@ def sequential_jump(
 
 def walk_jump_step(
     rng_key: Array,
-    state: WalkState,
+    state: WalkJumpState,
     score_fn: ScoreFn,
     jump_fn: JumpFn,
     step_size,
     friction,
     num_steps: int = 1,
     underdamped: bool = True,
-) -> tuple[WalkState, Array, WalkInfo]:
+) -> tuple[WalkJumpState, WalkInfo]:
     """One walk-jump draw: ``num_steps`` walk steps on ``p_Y``, then the jump.
 
     Each walk step is ``walk_step``; a divergent one is discarded (the walk stays
     where it was). The jump is ``jump_fn(rng_key, y, score)``: Tweedie's
-    ``y + sigma^2 score``, or a ``sequential_jump`` over ``M`` measurements. Returns the new walk
-    state, the jump ``x`` and ``WalkInfo``. ``rng_key`` is split in three: the walk,
-    the jump, and a first part left to the caller (a kernel's next key).
+    ``y + sigma^2 score``, or a ``sequential_jump`` over ``M`` measurements; a non-finite
+    jump keeps the last one and flags ``diverging``. ``rng_key`` is split in three: the
+    walk, the jump, and a first part left to the caller (a kernel's next key).
     """
     _, key_walk, key_jump = random.split(rng_key, 3)
 
     def body(carry, key):
         st, diverging = carry
         new, log_ratio = walk_step(key, st, score_fn, step_size, friction, underdamped)
-        bad = metropolis.diverged(log_ratio, *new)
+        bad = metropolis.diverged(log_ratio, new.y, new.velocity, new.score)
         new = metropolis.select(bad, st, new)
-        return (new, diverging | bad), jnp.where(bad, 0.0, metropolis.accept_prob(log_ratio))
+        return (new, diverging | bad), (jnp.where(bad, 0.0, metropolis.accept_prob(log_ratio)), -log_ratio)
 
-    (state, diverging), accepts = jax.lax.scan(body, (state, jnp.array(False)), random.split(key_walk, num_steps))
+    (state, diverging), (accepts, errors) = jax.lax.scan(
+        body, (state, jnp.array(False)), random.split(key_walk, num_steps)
+    )
     x = jump_fn(key_jump, state.y, state.score)
-    return state, x, WalkInfo(jnp.mean(accepts), diverging)
+    ok = metropolis.all_finite(x)
+    state = state._replace(x=jnp.where(ok, x, state.x))
+    return state, WalkInfo(jnp.mean(accepts), diverging | ~ok, jnp.mean(errors))

@@ -133,11 +133,14 @@ class Run:
 def evaluations_per_draw(kernel: MCMCKernel) -> int | None:
     """Evaluations of ``grad log p`` (or of the denoiser) per draw of ``kernel``.
 
-    ``None`` for HMC/NUTS, whose cost varies per draw and is read from ``num_steps``;
-    1 for ``BarkerMH``; otherwise the kernel's ``evaluations_per_draw`` property (the
-    package's kernels state it). Raises ``TypeError`` for a kernel without one.
+    ``None`` for HMC/NUTS, whose cost varies per draw and is read from ``num_steps``, and for
+    a kernel that says the same (``evaluations_per_draw`` is ``None`` and ``num_steps`` is
+    among its ``sample_stats``: ``MALT`` with an adapted length); 1 for ``BarkerMH``;
+    otherwise the kernel's ``evaluations_per_draw`` property (the package's kernels state
+    it). Raises ``TypeError`` for a kernel without one.
     """
-    if isinstance(kernel, HMC):
+    varies = getattr(kernel, "evaluations_per_draw", 0) is None and "num_steps" in getattr(kernel, "sample_stats", ())
+    if isinstance(kernel, HMC) or varies:
         return None
     if isinstance(kernel, BarkerMH):
         return 1

@@ -5,10 +5,10 @@ Every kernel of the package adapts through these two objects, built once in its
 
 * ``StepAdaptation``: the step size by dual averaging (Nesterov 2009, Hoffman & Gelman
   2014) and the mass matrix by windowed Welford estimates, both NumPyro's
-  ``numpyro.infer.hmc_util.warmup_adapter`` (as NUTS), on the flat position; a dense,
+  ``numpyro.infer.hmc_util.warmup_adapter`` (as NUTS), on the position; a dense,
   diagonal or structured (``dense_mass=[("a", "b")]``) mass matrix; an upper bound on
-  the step size (the walk of ``WalkJump``). A kernel that adapts no mass matrix builds
-  it on an empty position.
+  the step size (the walk of ``WalkJump``). Built without an example position
+  (``example=None``) it tunes the step size alone.
 * ``ScalarAdaptation``: one positive parameter (``GibbsWalkJump``'s sigma) by the same
   dual averaging on its logarithm, towards a target statistic.
 
@@ -74,8 +74,8 @@ def metric_of(adapt_state, index: dict[str, np.ndarray] | None = None) -> core.M
 class StepAdaptation:
     """Step size ``h`` (dual averaging to ``target_accept_prob``) and mass matrix during warmup.
 
-    ``example`` is one chain's position (a pytree; an empty array for a kernel without a
-    mass matrix). ``dense_mass`` is a bool or a list of tuples of site names (dense blocks,
+    ``example`` is one chain's position (a pytree), or ``None`` to tune the step size
+    alone (no mass matrix; positions are then ignored). ``dense_mass`` is a bool or a list of tuples of site names (dense blocks,
     the rest diagonal), as NUTS takes it. ``h`` never exceeds ``max_step_size``.
     """
 
@@ -98,34 +98,34 @@ class StepAdaptation:
         )
 
     @cached_property
-    def _unravel(self):
-        return ravel_pytree(self.example)[1]
-
-    @cached_property
     def _site_index(self):
         return None if isinstance(self.dense_mass, bool) else site_index(self.example, self.dense_mass)
 
-    def _sites(self, x):
-        """The flat position as the adapter sees it: by site for a structured mass matrix."""
-        return x if self._site_index is None else self._unravel(x)
+    def _sites(self, z):
+        """The position as the adapter sees it: flat, or by site for a structured mass matrix,
+        or empty without a mass matrix."""
+        if self.example is None:
+            return jnp.zeros(0, jnp.result_type(float))
+        return ravel_pytree(z)[0] if self._site_index is None else z
 
     def _bound(self, state: HMCAdaptState) -> HMCAdaptState:
         if math.isinf(self.max_step_size):
             return state
         return state._replace(step_size=jnp.minimum(state.step_size, self.max_step_size))
 
-    def init(self, x, rng_key, step_size, inverse_mass_matrix=None) -> HMCAdaptState:
-        """The adaptation state at the flat position ``x``, starting from ``step_size``."""
+    def init(self, z, rng_key, step_size, inverse_mass_matrix=None) -> HMCAdaptState:
+        """The adaptation state at the position ``z``, starting from ``step_size``."""
+        size = 0 if self.example is None else ravel_pytree(z)[0].shape[0]
         state = self._adapter[0](
-            (self._sites(x),), rng_key, step_size, inverse_mass_matrix=inverse_mass_matrix,
-            mass_matrix_size=x.shape[0],
+            (self._sites(z),), rng_key, step_size, inverse_mass_matrix=inverse_mass_matrix,
+            mass_matrix_size=size,
         )
         return self._bound(state._replace(rng_key=None))
 
-    def update(self, i, accept_prob, x, state: HMCAdaptState, warmup) -> HMCAdaptState:
-        """Step ``i``'s update from its acceptance and the new flat position ``x``; a no-op after warmup."""
+    def update(self, i, accept_prob, z, state: HMCAdaptState, warmup) -> HMCAdaptState:
+        """Step ``i``'s update from its acceptance and the new position ``z``; a no-op after warmup."""
         def update(s):
-            return self._bound(self._adapter[1](i, accept_prob, (self._sites(x),), s))
+            return self._bound(self._adapter[1](i, accept_prob, (self._sites(z),), s))
 
         return jax.lax.cond(warmup, update, lambda s: s, state)
 

@@ -1,12 +1,17 @@
-"""The shell every kernel of the package shares.
+"""The shell every kernel of the package shares: a pure ``init`` / ``step`` pair becomes an ``MCMCKernel``.
 
-``Kernel`` is a ``numpyro.infer.mcmc.MCMCKernel`` that owns what does not depend on
-the algorithm: the score source (``model``, ``potential_fn`` or ``score_fn``, see
-``numpyro_wjs.infer.sources``), vectorized chains, the warmup gate, warmup
-adaptation with ``numpyro.infer.hmc_util.warmup_adapter`` and running means. A
-subclass states its algorithm in ``_step(state, model_args, model_kwargs, warmup)``,
-where ``warmup`` (a traced bool, the same for vectorized chains, which move in
-lockstep) says whether step ``state.i`` is a warmup step.
+An algorithm is a pair in ``core``: ``init`` builds its state (one ``NamedTuple``), and
+``step(rng_key, state, ...) -> (state, info)`` moves it, with an ``info`` that has the
+acceptance (applied or estimated), the energy error and ``diverging``. ``Kernel`` carries
+that state as it is inside a ``KernelState`` with the iteration, the key, the adaptation
+state and the running means of the info, and owns what does not depend on the
+algorithm: the score source (``model``, ``potential_fn`` or ``score_fn``, see
+``numpyro_wjs.infer.sources``), vectorized chains, the warmup gate (``warmup`` is a
+traced bool, the same for vectorized chains, which move in lockstep), warmup adaptation
+(``infer.adaptation.StepAdaptation``) and the step-collapse warning. A subclass states
+the algorithm in three methods: ``_adaptation`` (what warmup tunes), ``_init_state``
+and ``_step_state`` (calls of the core pair). Everything ``init`` builds is one frozen
+``Setup`` on the kernel; nothing else is set on it after construction.
 
 It also makes every kernel built on a model a block of NumPyro's composable
 ``numpyro.infer.Gibbs``: ``refresh`` (recompute the cached ``-log p`` and score at the
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +40,14 @@ from numpyro.infer.util import transform_fn
 from numpyro.util import identity, is_prng_key
 
 from numpyro_wjs.core import langevin as core
+from numpyro_wjs.core.metropolis import MetropolisInfo
 from numpyro_wjs.infer import numpyro_hooks
 from numpyro_wjs.infer.adaptation import StepAdaptation
-from numpyro_wjs.infer.sources import check_source, init_model, make_source, postprocess
+from numpyro_wjs.infer.sources import check_finite_start, check_source, init_model, make_source, postprocess
 
-__all__ = ["Kernel", "STEP_COLLAPSE_FRACTION", "as_float", "split_keys", "check_mass"]
+__all__ = ["Kernel", "KernelState", "Setup", "STEP_COLLAPSE_FRACTION", "as_float", "split_keys", "check_mass"]
+
+Array = jax.Array
 
 #: A warmup that ends with a step size below this fraction of the initial one warns.
 STEP_COLLAPSE_FRACTION = 1e-3
@@ -105,14 +115,87 @@ def _warn_step_collapse(kernel: str, step_size, initial: float) -> None:
         )
 
 
+class KernelState(NamedTuple):
+    """What ``Kernel`` keeps around an algorithm's state.
+
+    The algorithm's fields (``z``, ``potential_energy``, ``score``, ``y``, ...) and its
+    info's (``hop_accept_prob``, ...) read through, so ``extra_fields=("potential_energy",)``
+    and ``state.z`` work as for NumPyro's ``HMCState``.
+    """
+
+    i: Array
+    """Iteration (continues after warmup)."""
+    state: Any
+    """The algorithm's state, as its core ``step`` returns it."""
+    info: Any
+    """The last step's info: ``acceptance_rate`` (applied or estimated), ``diverging``, ..."""
+    mean_info: Any
+    """Running means of ``info`` over the current phase (warmup, then sampling)."""
+    adapt_state: Any
+    """``numpyro.infer.hmc_util.HMCAdaptState``: ``step_size``, ``inverse_mass_matrix``, ..."""
+    rng_key: Array
+    """Random key."""
+
+    @property
+    def accept_prob(self):
+        """Acceptance probability of the last step (the one a Metropolis test would have had,
+        for an unadjusted step)."""
+        return self.info.acceptance_rate
+
+    @property
+    def mean_accept_prob(self):
+        """Its running mean."""
+        return self.mean_info.acceptance_rate
+
+    @property
+    def diverging(self):
+        """The last step was non-finite or its energy error exceeded ``MAX_LOG_ACCEPT_DROP``."""
+        return self.info.diverging
+
+    def __getattr__(self, name):
+        for part in (self.state, self.info):
+            if name in getattr(type(part), "_fields", ()):
+                return getattr(part, name)
+        raise AttributeError(f"{type(self).__name__} (around {type(self.state).__name__}) has no field {name!r}")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a kernel's ``init`` builds, set on the kernel in one piece."""
+
+    num_warmup: int
+    vectorized: bool
+    adaptation: StepAdaptation
+    potential_fn_gen: Any = None
+    postprocess_fn_gen: Any = None
+    inv_transforms: Any = None
+    """The model's latent sites -> constrained values."""
+    dynamic_support: bool = False
+    """A support depends on other values: constrain by replaying the model."""
+
+
+def _initial_info(info_type, dtype):
+    """``info_type()`` (its defaults) as arrays: floats of ``dtype``, bools, ints."""
+    return jax.tree.map(lambda d: jnp.asarray(d, dtype if isinstance(d, float) else None), info_type())
+
+
 class Kernel(MCMCKernel):
     """Score source, vectorized chains, the warmup gate, adaptation and running means.
 
-    Subclasses implement ``sample_field``, ``evaluations_per_draw`` and
-    ``_step(state, model_args, model_kwargs, warmup)``; their states carry ``i``
-    (the iteration) and ``adapt_state`` (``HMCAdaptState``) when they adapt.
-    When the step size is adapted, the last warmup step warns if it collapsed
-    (``STEP_COLLAPSE_FRACTION``).
+    A subclass sets ``sample_field``, ``evaluations_per_draw``, ``sample_stats``, ``_info_type``
+    (its core ``Info``, whose field defaults are the state before the first step) and
+    implements
+
+    * ``_adaptation(num_warmup, example) -> StepAdaptation``: what warmup tunes;
+    * ``_init_state(z, rng_key, source, metric) -> (state, rng_key)``: one chain's core state
+      at ``z`` and the key the chain goes on with;
+    * ``_step_state(s, source, warmup) -> (state, info)``: the core step from ``s``, the
+      ``KernelState`` (``s.state``, ``s.rng_key``, ``s.adapt_state``, ``s.i``).
+
+    ``_adapt`` (the warmup update after a step) and ``_source`` (the target's flat views)
+    may be overridden. The shell keeps part 0 of ``random.split(rng_key, _key_parts)`` as
+    the chain's next key; the step draws from the rest. When the step size is adapted, the
+    last warmup step warns if it collapsed (``STEP_COLLAPSE_FRACTION``).
 
     **As a block of** ``numpyro.infer.Gibbs``. A kernel built on a model runs on the
     model conditioned on the other blocks' sites, as NUTS blocks do: ``Gibbs`` rebinds
@@ -130,17 +213,11 @@ class Kernel(MCMCKernel):
     _score_fn = None
     _init_strategy = staticmethod(init_to_uniform)
     _adapt_step_size = False
-    _step_size = None  # the initial step size, when the kernel adapts one
-    _num_warmup = 0
-    _vectorized = False
-    _adaptation = None  # the StepAdaptation built by init
-    _potential_fn_gen = None
-    _postprocess_fn_gen = None
-    _inv_transforms = None  # the model's latent sites -> constrained values (set by init)
-    _dynamic_support = None  # a support depends on other values: constrain by replaying the model
-    _dense_mass = False
-    #: attributes that ``init`` builds (dropped on pickling, and by ``wrap_model``)
-    _built_by_init: tuple[str, ...] = ("_adaptation",)
+    _step_size = None  # the initial step size
+    _inverse_mass_matrix = None  # the initial one, if given
+    _setup: Setup | None = None  # built by init
+    _key_parts = 2
+    _info_type = MetropolisInfo
     #: state fields that are functions of the target at the sample field, recomputed by
     #: ``refresh``: ``-log p`` and the flat score (those the state has)
     _target_fields: tuple[str, ...] = ("potential_energy", "score")
@@ -172,21 +249,53 @@ class Kernel(MCMCKernel):
         """A short name for tables and plots."""
         return type(self).__name__
 
+    def get_diagnostics_str(self, state):
+        return f"step size {float(state.adapt_state.step_size):.2e}. acc. prob={float(state.mean_accept_prob):.2f}"
+
     def postprocess_fn(self, args, kwargs):
-        return postprocess(self._postprocess_fn_gen, args, kwargs)
+        return postprocess(self._setup.postprocess_fn_gen if self._setup else None, args, kwargs)
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+        vectorized = not is_prng_key(rng_key)
+        rng_key, init_params, example, model_fns = self._initial_params(
+            rng_key, vectorized, init_params, model_args, model_kwargs
+        )
+        adaptation = self._adaptation(num_warmup, example)
+        self._setup = setup = Setup(num_warmup, vectorized, adaptation, *model_fns)
+
+        def init_one(z, key):
+            adapt_state = adaptation.init(z, key, self._step_size, self._inverse_mass_matrix)
+            source = self._source(z, model_args, model_kwargs)
+            state, key = self._init_state(z, key, source, adaptation.metric(adapt_state))
+            info = _initial_info(self._info_type, jnp.result_type(*jax.tree.leaves(z)))
+            mean_info = jax.tree.map(lambda a: a.astype(info.acceptance_rate.dtype), info)
+            return KernelState(jnp.array(0), state, info, mean_info, adapt_state, key)
+
+        numpyro_hooks.mark_initialised(self, self.sample)
+        state = jax.jit(vmap(init_one) if setup.vectorized else init_one)(init_params, rng_key)
+        self._check_start(state)
+        return state
 
     def sample(self, state, model_args, model_kwargs):
+        setup = self._setup
+
         def step(s, warmup):
-            return self._step(s, model_args, model_kwargs, warmup)
+            source = self._source(getattr(s.state, self.sample_field), model_args, model_kwargs)
+            new, info = self._step_state(s, source, warmup)
+            new, adapt_state = self._adapt(s, new, info, warmup)
+            n = jnp.where(warmup, s.i + 1, s.i + 1 - setup.num_warmup)
+            mean_info = jax.tree.map(lambda m, v: m + (v - m) / n, s.mean_info, info)
+            rng_key = random.split(s.rng_key, self._key_parts)[0]
+            return KernelState(s.i + 1, new, info, mean_info, adapt_state, rng_key)
 
         # vectorized chains move in lockstep: one unbatched flag, so that a `lax.cond` on it
         # stays a branch under vmap (a batched one would run the adaptation at every step)
-        i = state.i[0] if self._vectorized else state.i
-        warmup = i < self._num_warmup
-        new = vmap(step, in_axes=(0, None))(state, warmup) if self._vectorized else step(state, warmup)
-        if self._adapt_step_size and self._step_size is not None and self._num_warmup > 0:
+        i = state.i[0] if setup.vectorized else state.i
+        warmup = i < setup.num_warmup
+        new = vmap(step, in_axes=(0, None))(state, warmup) if setup.vectorized else step(state, warmup)
+        if self._adapt_step_size and self._step_size is not None and setup.num_warmup > 0:
             jax.lax.cond(
-                i + 1 == self._num_warmup,
+                i + 1 == setup.num_warmup,
                 lambda s: jax.debug.callback(
                     partial(_warn_step_collapse, type(self).__name__, initial=self._step_size), s
                 ),
@@ -195,12 +304,34 @@ class Kernel(MCMCKernel):
             )
         return new
 
-    def _step(self, state, model_args, model_kwargs, warmup):
+    # -- what a subclass states -----------------------------------------------------------
+    def _adaptation(self, num_warmup, example) -> StepAdaptation:
         raise NotImplementedError
+
+    def _init_state(self, z, rng_key, source, metric):
+        raise NotImplementedError
+
+    def _step_state(self, s, source, warmup):
+        raise NotImplementedError
+
+    def _metric(self, s) -> core.Metric:
+        """The preconditioner ``C`` of a ``KernelState`` (or of an adaptation state)."""
+        return self._setup.adaptation.metric(s.adapt_state if isinstance(s, KernelState) else s)
+
+    def _adapt(self, s: KernelState, new, info, warmup):
+        """``(state, adapt_state)`` after the step from ``s`` to ``new``: the warmup update of
+        the step size (and mass matrix, at the new sample) from the step's acceptance."""
+        z = getattr(new, self.sample_field)
+        return new, self._setup.adaptation.update(s.i, info.acceptance_rate, z, s.adapt_state, warmup)
+
+    def _check_start(self, state) -> None:
+        """``ValueError`` when the target is non-finite at an initial point."""
+        check_finite_start(type(self).__name__, *(getattr(state, f) for f in self._target_fields
+                                                  if f in state.state._fields))
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for name in (*self._built_by_init, numpyro_hooks.MCMC_INIT_MARKER):  # rebuilt by init
+        for name in ("_setup", numpyro_hooks.MCMC_INIT_MARKER):  # rebuilt by init
             state.pop(name, None)
         return state
 
@@ -215,24 +346,20 @@ class Kernel(MCMCKernel):
             return state
 
         def one(s):
-            return s._replace(**self._refreshed_fields(s, model_args, model_kwargs))
+            z = getattr(s.state, self.sample_field)
+            logp, score = jax.value_and_grad(self._source(z, model_args, model_kwargs).logdensity)(
+                ravel_pytree(z)[0]
+            )
+            values = {"potential_energy": -logp, "score": score}
+            return s._replace(state=s.state._replace(
+                **{k: values[k] for k in self._target_fields if k in s.state._fields}))
 
-        return vmap(one)(state) if self._vectorized else one(state)
-
-    def _refreshed_fields(self, state, model_args, model_kwargs) -> dict:
-        """The ``_target_fields`` of one chain's ``state`` at its point for the given arguments;
-        a kernel caching more functions of the target adds them here."""
-        z = getattr(state, self.sample_field)
-        logp, score = jax.value_and_grad(self._source(z, model_args, model_kwargs).logdensity)(
-            ravel_pytree(z)[0]
-        )
-        values = {"potential_energy": -logp, "score": score}
-        return {k: values[k] for k in self._target_fields if k in state._fields}
+        return vmap(one)(state) if self._setup.vectorized else one(state)
 
     def wrap_model(self, wrapper):
         """A shallow copy bound to ``wrapper(self.model)``, everything built from the old model
-        (potential, postprocessing, transforms, adaptation, the initialised mark) reset, so that
-        its next ``init`` rebuilds it (as ``numpyro.infer.HMC.wrap_model``)."""
+        (the ``Setup``, the initialised mark) dropped, so that its next ``init`` rebuilds it (as
+        ``numpyro.infer.HMC.wrap_model``)."""
         if self._model is None:
             raise ValueError(
                 f"{type(self).__name__} has no model to condition (it was built from `potential_fn`, "
@@ -241,8 +368,7 @@ class Kernel(MCMCKernel):
             )
         kernel = copy.copy(self)
         kernel._model = wrapper(self._model)
-        for name in ("_potential_fn_gen", "_postprocess_fn_gen", "_inv_transforms", "_dynamic_support",
-                     *self._built_by_init, numpyro_hooks.MCMC_INIT_MARKER):
+        for name in ("_setup", numpyro_hooks.MCMC_INIT_MARKER):
             kernel.__dict__.pop(name, None)
         return kernel
 
@@ -253,63 +379,44 @@ class Kernel(MCMCKernel):
         model. Needs ``init`` (as ``numpyro.infer.HMC.get_constrain_fn``)."""
         if self._model is None:
             return identity
-        if self._inv_transforms is None:
+        if self._setup is None:
             raise RuntimeError(f"{type(self).__name__}: `get_constrain_fn` needs `init` to have run.")
-        if return_deterministic or self._dynamic_support:
+        if return_deterministic or self._setup.dynamic_support:
             return self.postprocess_fn(model_args, {} if model_kwargs is None else model_kwargs)
-        return partial(transform_fn, self._inv_transforms)
+        return partial(transform_fn, self._setup.inv_transforms)
 
     # -- shared pieces ------------------------------------------------------------------
-    def _initial_params(self, rng_key, num_warmup, init_params, model_args, model_kwargs, split_key=True):
-        """``(rng_key, init_params, example)``: the model's initial points (unless given), as
-        floats, and one chain's point; records ``num_warmup`` and whether chains are vectorized.
-        With ``split_key`` a key for the model's initial points is split off ``rng_key``.
-        As a block of ``numpyro.infer.Gibbs`` (its conditioning in ``model_kwargs``),
+    def _initial_params(self, rng_key, vectorized, init_params, model_args, model_kwargs):
+        """``(rng_key, init_params, example, model_fns)``: the model's initial points (unless
+        given; a key for them is split off ``rng_key``), as floats, one chain's point, and
+        ``(potential_fn_gen, postprocess_fn_gen, inv_transforms, dynamic_support)`` of the
+        model. As a block of ``numpyro.infer.Gibbs`` (its conditioning in ``model_kwargs``),
         ``init_params`` are constrained values, the composite's convention."""
-        self._num_warmup = num_warmup
-        self._vectorized = not is_prng_key(rng_key)
-        if split_key:
-            rng_key, key_model = split_keys(rng_key, 2)
+        model_fns = ()
         if self._model is not None:
+            rng_key, key_model = split_keys(rng_key, 2)
             model_kwargs = model_kwargs or {}
-            init_params, self._potential_fn_gen, self._postprocess_fn_gen, transforms = init_model(
+            init_params, potential_fn_gen, postprocess_fn_gen, transforms = init_model(
                 key_model, self._model, self._init_strategy, model_args, model_kwargs, init_params,
                 constrained=GIBBS_SITES_KWARG in model_kwargs,
             )
-            self._inv_transforms, self._dynamic_support = transforms
+            model_fns = (potential_fn_gen, postprocess_fn_gen, *transforms)
         elif init_params is None:
             raise ValueError(
                 f"{type(self).__name__}: `init_params` must be given with `potential_fn` or `score_fn`."
             )
+        elif self._potential_fn is not None or self._score_fn is not None:
+            rng_key = split_keys(rng_key, 2)[0]  # the key a model would have had is left unused
         init_params = as_float(init_params)
-        example = jax.tree.map(lambda a: a[0], init_params) if self._vectorized else init_params
-        return rng_key, init_params, example
-
-    def _start(self, init_one, init_params, rng_key):
-        """Initial state of every chain: ``init_one(params, key)``, vmapped for vectorized chains."""
-        numpyro_hooks.mark_initialised(self, self._step)
-        return jax.jit(vmap(init_one) if self._vectorized else init_one)(init_params, rng_key)
+        example = jax.tree.map(lambda a: a[0], init_params) if vectorized else init_params
+        return rng_key, init_params, example, model_fns
 
     def _source(self, z, model_args, model_kwargs):
         if self._model is not None:
-            potential_fn = self._potential_fn_gen(*model_args, **(model_kwargs or {}))
+            potential_fn = self._setup.potential_fn_gen(*model_args, **(model_kwargs or {}))
             return make_source(z, potential_fn=potential_fn)
         return make_source(z, self._potential_fn, self._score_fn)
 
-    def _adapter(self, num_warmup, example, **settings) -> StepAdaptation:
-        """The kernel's ``StepAdaptation`` (its ``dense_mass`` and the given settings) for
-        positions shaped like ``example``; kept for ``sample``."""
-        self._adaptation = StepAdaptation(num_warmup, example, dense_mass=self._dense_mass, **settings)
-        return self._adaptation
-
-    def _metric(self, adapt_state) -> core.Metric:
-        return self._adaptation.metric(adapt_state)
-
-    def _adapt(self, i, accept_prob, x, adapt_state, warmup):
-        """Warmup update of the step size and mass matrix at the flat position ``x``."""
-        return self._adaptation.update(i, accept_prob, x, adapt_state, warmup)
-
-    def _running_mean(self, mean, value, i, warmup):
-        """Mean of ``value`` over the current phase (warmup, then sampling) after step ``i``."""
-        n = jnp.where(warmup, i + 1, i + 1 - self._num_warmup)
-        return mean + (value - mean) / n
+    def _step_adaptation(self, num_warmup, example, **settings) -> StepAdaptation:
+        """A ``StepAdaptation`` with the kernel's ``dense_mass`` and the given settings."""
+        return StepAdaptation(num_warmup, example, dense_mass=getattr(self, "_dense_mass", False), **settings)

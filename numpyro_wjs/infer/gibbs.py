@@ -6,8 +6,6 @@ The kernel shell around the Gibbs moves of ``numpyro_wjs.core.gibbs`` (walk
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 import jax
 import jax.numpy as jnp
 from jax import random
@@ -18,30 +16,8 @@ from numpyro_wjs import validation
 from numpyro_wjs.core import gibbs
 from numpyro_wjs.infer.adaptation import ScalarAdaptation
 from numpyro_wjs.infer.base import Kernel, check_mass
-from numpyro_wjs.infer.sources import check_finite_start
 
-__all__ = ["GibbsWalkJump", "GibbsWalkJumpState"]
-
-GibbsWalkJumpState = namedtuple(
-    "GibbsWalkJumpState",
-    [
-        "i", "z", "y", "potential_energy", "score", "accept_prob", "hop_accept_prob", "mean_accept_prob",
-        "mean_hop_accept_prob", "diverging", "sigma", "sigma_base", "sigma_state", "adapt_state", "rng_key",
-    ],
-)
-"""State of ``GibbsWalkJump``.
-
-- **i**: iteration. **z**: the clean draw (pytree, unconstrained). **y**: the noisy walk (flat).
-- **potential_energy**, **score**: ``-log p(z)`` and ``grad log p(z)`` (flat).
-- **accept_prob**: mean MALA acceptance of the refinement; **hop_accept_prob**: acceptance
-  of the hop from the noisy point; both with running means.
-- **diverging**: a refinement step was non-finite.
-- **sigma**: the noise level of the last iteration; **sigma_base**: the lower end of the
-  noise range (adapted during warmup when requested); **sigma_state**: its
-  dual-averaging state.
-- **adapt_state**: ``HMCAdaptState`` of the MALA refinement (step size, mass matrix).
-- **rng_key**: random key.
-"""
+__all__ = ["GibbsWalkJump"]
 
 #: With ``sigma=None`` the lower end of the noise range is adapted and ``sigma`` is drawn
 #: log-uniformly up to this many times it.
@@ -112,9 +88,6 @@ class GibbsWalkJump(Kernel):
     warmup.
     """
 
-    #: the sigma adaptation is built by ``init`` too
-    _built_by_init = Kernel._built_by_init + ("_sigma_adaptation",)
-
     def __init__(
         self,
         model=None,
@@ -140,7 +113,7 @@ class GibbsWalkJump(Kernel):
         self._sigma0 = lo
         self._sigma_ratio = hi / lo
         self._num_mala_steps = validation.positive_int("num_mala_steps", num_mala_steps)
-        self._inner_step_size = None if step_size is None else validation.positive("step_size", step_size)
+        self._step_size = 0.25 * lo**2 if step_size is None else validation.positive("step_size", step_size)
         self._adapt_sigma = sigma is None if adapt_sigma is None else adapt_sigma
         self._target_hop = validation.probability("target_hop_accept_prob", target_hop_accept_prob)
         self._adapt_step_size = adapt_step_size
@@ -148,11 +121,9 @@ class GibbsWalkJump(Kernel):
         self._dense_mass, _ = check_mass(dense_mass, None)
 
     sample_stats = ("diverging", "accept_prob", "hop_accept_prob")
-
-    # -- MCMCKernel interface ---------------------------------------------------------
-    @property
-    def sample_field(self):
-        return "z"
+    sample_field = "z"
+    _key_parts = 4
+    _info_type = gibbs.GibbsInfo
 
     @property
     def evaluations_per_draw(self) -> int:
@@ -161,79 +132,39 @@ class GibbsWalkJump(Kernel):
 
     def get_diagnostics_str(self, state):
         return (
-            f"sigma {float(state.sigma):.2e}. hop acc. prob={float(state.mean_hop_accept_prob):.2f}. "
+            f"sigma {float(state.sigma):.2e}. hop acc. prob={float(state.mean_info.hop_accept_prob):.2f}. "
             f"mala acc. prob={float(state.mean_accept_prob):.2f}"
         )
 
-    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
-        rng_key, init_params, example = self._initial_params(
-            rng_key, num_warmup, init_params, model_args, model_kwargs
+    def _adaptation(self, num_warmup, example):
+        return self._step_adaptation(
+            num_warmup, example, adapt_step_size=self._adapt_step_size,
+            adapt_mass_matrix=self._adapt_mass_matrix, target_accept_prob=0.574,
         )
-        adaptation = self._adapter(
-            num_warmup,
-            example,
-            adapt_step_size=self._adapt_step_size,
-            adapt_mass_matrix=self._adapt_mass_matrix,
-            target_accept_prob=0.574,
+
+    def _init_state(self, z, rng_key, source, metric):
+        rng_key, _, key_y = random.split(rng_key, 3)
+        x = ravel_pytree(z)[0]
+        logp, g = jax.value_and_grad(source.logdensity)(x)
+        sigma = jnp.asarray(self._sigma0, x.dtype)
+        y = gibbs.noise_step(key_y, x, sigma)
+        sigma_state = ScalarAdaptation(0, self._target_hop).init(sigma)
+        return gibbs.GibbsWalkJumpState(z, y, -logp, g, sigma, sigma, sigma_state), rng_key
+
+    def _step_state(self, s, source, warmup):
+        # while sigma is adapted (warmup) only the lower end of its range is used
+        return gibbs.gibbs_walk_jump_step(
+            s.rng_key, s.state, source.logdensity, s.adapt_state.step_size, self._num_mala_steps,
+            self._metric(s), sigma_ratio=self._sigma_ratio,
+            fix_sigma=self._adapt_sigma & warmup,
         )
-        self._sigma_adaptation = ScalarAdaptation(num_warmup, self._target_hop)
-        step0 = self._inner_step_size if self._inner_step_size is not None else 0.25 * self._sigma0**2
 
-        def init_one(z, key):
-            key, key_wa, key_y = random.split(key, 3)
-            source = self._source(z, model_args, model_kwargs)
-            x = ravel_pytree(z)[0]
-            logp, g = jax.value_and_grad(source.logdensity)(x)
-            wa = adaptation.init(x, key_wa, step0)
-            sigma = jnp.asarray(self._sigma0, x.dtype)
-            zero = jnp.zeros((), x.dtype)
-            return GibbsWalkJumpState(
-                jnp.array(0), z, gibbs.noise_step(key_y, x, sigma), -logp, g, zero, zero, zero, zero,
-                jnp.array(False), sigma, sigma, self._sigma_adaptation.init(sigma), wa, key,
-            )
-
-        state = self._start(init_one, init_params, rng_key)
-        check_finite_start(type(self).__name__, state.score, state.potential_energy)
-        return state
-
-    def _step(self, state, model_args, model_kwargs, warmup):
-        source = self._source(state.z, model_args, model_kwargs)
-        rng_key, key_sigma, key_noise, key_denoise = random.split(state.rng_key, 4)
-        x = ravel_pytree(state.z)[0]
-        i = state.i
-        # sigma ~ LogUniform(base, ratio * base), drawn independently of the state: a mixture
-        # of exact Gibbs kernels is exact. While sigma is adapted (warmup) only the base is used.
-        u = random.uniform(key_sigma, dtype=x.dtype)
-        if self._adapt_sigma:
-            u = jnp.where(warmup, 0.0, u)
-        sigma = state.sigma_base * self._sigma_ratio**u
-        y = gibbs.noise_step(key_noise, x, sigma)
-        adapt = state.adapt_state
-        point = gibbs.GibbsPoint(x, -state.potential_energy, state.score)
-        point, info = gibbs.denoise_step(
-            key_denoise, point, y, source.logdensity, sigma, adapt.step_size, self._num_mala_steps, self._metric(adapt)
-        )
-        adapt = self._adapt(i, info.mala_accept_prob, point.z, adapt, warmup)
-        sigma_base, sigma_state = state.sigma_base, state.sigma_state
+    def _adapt(self, s, new, info, warmup):
+        new, adapt_state = super()._adapt(s, new, info, warmup)
         if self._adapt_sigma:
             # a larger sigma proposes farther hops, which are accepted less often
-            sigma_base, sigma_state = self._sigma_adaptation.update(
-                i, info.hop_accept_prob, sigma_base, sigma_state, warmup
+            base, sigma_state = ScalarAdaptation(self._setup.num_warmup, self._target_hop).update(
+                s.i, info.hop_accept_prob, new.sigma_base, new.sigma_state, warmup
             )
-        return GibbsWalkJumpState(
-            i + 1,
-            source.unravel(point.z),
-            y,
-            -point.logdensity,
-            point.score,
-            info.mala_accept_prob,
-            info.hop_accept_prob,
-            self._running_mean(state.mean_accept_prob, info.mala_accept_prob, i, warmup),
-            self._running_mean(state.mean_hop_accept_prob, info.hop_accept_prob, i, warmup),
-            info.diverging,
-            sigma,
-            sigma_base,
-            sigma_state,
-            adapt,
-            rng_key,
-        )
+            new = new._replace(sigma_base=base, sigma_state=sigma_state)
+        return new, adapt_state

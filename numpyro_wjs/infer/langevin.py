@@ -12,72 +12,22 @@ is kept, as a Gibbs update of the other sites leaves it a valid auxiliary draw).
 from __future__ import annotations
 
 import inspect
-from collections import namedtuple
 
 import jax
 import jax.numpy as jnp
-from jax import random
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_wjs import validation
 from numpyro_wjs.core import langevin as core
-from numpyro_wjs.core import metropolis
 from numpyro_wjs.infer.base import Kernel, check_mass
-from numpyro_wjs.infer.sources import check_finite_start, check_output_shape
+from numpyro_wjs.infer.sources import check_output_shape
 
-__all__ = ["ULA", "MALA", "UnderdampedLangevin", "ULAState", "MALAState", "UnderdampedLangevinState"]
-
-_UNADJUSTED_FIELDS = [
-    "i", "z", "potential_energy", "score", "accept_prob", "mean_accept_prob", "diverging", "adapt_state", "rng_key"
-]
-
-ULAState = namedtuple("ULAState", _UNADJUSTED_FIELDS)
-"""State of ``ULA``.
-
-- **i**: iteration (continues after warmup).
-- **z**: current position (a pytree; unconstrained values for a model).
-- **potential_energy**: ``-log p(z)`` with a model or ``potential_fn``; 0 with a bare score.
-- **score**: flattened ``grad log p(z)``.
-- **accept_prob**: the Metropolis-Hastings acceptance the last step *would* have had
-  (exact with a potential, trapezoid estimate with a score); it tunes the step size
-  and is applied during warmup only.
-- **mean_accept_prob**: its running mean over warmup, then over sampling.
-- **diverging**: the last step was non-finite or its energy error exceeded
-  ``langevin.MAX_LOG_ACCEPT_DROP``; it was discarded.
-- **adapt_state**: ``numpyro.infer.hmc_util.HMCAdaptState`` (``step_size``,
-  ``inverse_mass_matrix``, ...).
-- **rng_key**: random key.
-"""
-
-MALAState = namedtuple("MALAState", _UNADJUSTED_FIELDS)
-"""State of ``MALA``: the fields of ``ULAState``; **accept_prob** is the acceptance
-probability of the last (applied) Metropolis-Hastings correction."""
-
-UnderdampedLangevinState = namedtuple(
-    "UnderdampedLangevinState", _UNADJUSTED_FIELDS[:2] + ["velocity"] + _UNADJUSTED_FIELDS[2:]
-)
-"""State of ``UnderdampedLangevin``: as ``ULAState``, plus **velocity**
-(flattened momentum, kept across steps)."""
-
-def _dlogp(source, x, g, potential_energy, x_new, g_new):
-    """``(potential_energy', log p(x') - log p(x))``: exact with a potential, else trapezoid."""
-    if source.logdensity is None:
-        return potential_energy, core.trapezoid_dlogp(x, g, x_new, g_new)
-    logp = source.logdensity(x_new)
-    return -logp, logp + potential_energy
-
-
-def _correct(key, log_ratio, new, old, warmup):
-    """``(kept fields, MetropolisInfo)`` of one unadjusted step: during warmup the step is
-    accepted or rejected with its computed Metropolis probability (the adaptation windows
-    see exact draws); after warmup only a divergent step is dropped."""
-    corrected, info = metropolis.metropolis_hastings(key, log_ratio, new, old, *jax.tree.leaves(new))
-    return metropolis.select(warmup, corrected, metropolis.select(info.diverging, old, new)), info
+__all__ = ["ULA", "MALA", "UnderdampedLangevin"]
 
 
 class _LangevinKernel(Kernel):
-    """Shared by the Langevin kernels: flat positions, the mass matrix, the warmup correction."""
+    """Shared by the Langevin kernels: their arguments, the mass matrix, the checks at ``init``."""
 
     _needs_potential = False
     #: the subclass's defaults, used where an argument is left ``None``
@@ -121,79 +71,31 @@ class _LangevinKernel(Kernel):
                       if n != "self" and p.kind is not p.VAR_KEYWORD and n not in names]
         return names
 
-    # -- MCMCKernel interface ---------------------------------------------------
-    @property
-    def sample_field(self):
-        return "z"
+    sample_field = "z"
 
     @property
     def evaluations_per_draw(self) -> int:
         """Score (gradient) evaluations per MCMC draw: one."""
         return 1
 
-    def get_diagnostics_str(self, state):
-        return f"step size {float(state.adapt_state.step_size):.2e}. acc. prob={float(state.mean_accept_prob):.2f}"
-
-    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
+    def _adaptation(self, num_warmup, example):
         name = type(self).__name__
-        rng_key, init_params, example_z = self._initial_params(
-            rng_key, num_warmup, init_params, model_args, model_kwargs
-        )
         if self._score_fn is not None:
-            check_output_shape(name, '`score_fn`', self._score_fn, example_z)
-        dim = ravel_pytree(example_z)[0].shape[0]
+            check_output_shape(name, "`score_fn`", self._score_fn, example)
+        dim = ravel_pytree(example)[0].shape[0]
         imm = self._inverse_mass_matrix
         if imm is not None and not isinstance(imm, dict) and imm.shape[0] != dim:
             raise ValueError(
                 f"{name}: inverse_mass_matrix has size {imm.shape[0]} but the position has {dim} entries."
             )
-        adaptation = self._adapter(
-            num_warmup,
-            example_z,
-            adapt_step_size=self._adapt_step_size,
-            adapt_mass_matrix=self._adapt_mass_matrix,
-            target_accept_prob=self._target_accept_prob,
+        return self._step_adaptation(
+            num_warmup, example, adapt_step_size=self._adapt_step_size,
+            adapt_mass_matrix=self._adapt_mass_matrix, target_accept_prob=self._target_accept_prob,
         )
 
-        def init_one(z, key):
-            key, key_wa, key_core = random.split(key, 3)
-            x = ravel_pytree(z)[0]
-            wa_state = adaptation.init(x, key_wa, self._step_size, imm)
-            source = self._source(z, model_args, model_kwargs)
-            if source.logdensity is None:
-                logp, score = jnp.zeros((), x.dtype), source.score(x)
-            else:
-                logp, score = jax.value_and_grad(source.logdensity)(x)
-            zero = jnp.zeros((), x.dtype)
-            fields = dict(i=jnp.array(0), z=z, potential_energy=-logp, score=score, accept_prob=zero,
-                          mean_accept_prob=zero, diverging=jnp.array(False), adapt_state=wa_state, rng_key=key)
-            return self._init_state(fields, x, key_core)
-
-        state = self._start(init_one, init_params, rng_key)
-        check_finite_start(name, state.score, state.potential_energy)
-        return state
-
-    # -- shared pieces -----------------------------------------------------------
-    def _update(self, state, source, new, accept_prob, diverging, warmup):
-        """Adapt, update the running acceptance mean, and build the next state from ``new``."""
-        i = state.i
-        adapt_state = self._adapt(i, accept_prob, new["z"], state.adapt_state, warmup)
-        mean_accept_prob = self._running_mean(state.mean_accept_prob, accept_prob, i, warmup)
-        rng_key = random.split(state.rng_key)[0]
-        return state._replace(
-            **{**new, "z": source.unravel(new["z"])}, i=i + 1, accept_prob=accept_prob,
-            mean_accept_prob=mean_accept_prob, diverging=diverging, adapt_state=adapt_state, rng_key=rng_key,
-        )
-
-    def _step_inputs(self, state, model_args, model_kwargs):
-        """``(source, key, x, step_size, metric)`` for one step."""
-        source = self._source(state.z, model_args, model_kwargs)
-        key = random.split(state.rng_key)[1]
-        adapt_state = state.adapt_state
-        return source, key, ravel_pytree(state.z)[0], adapt_state.step_size, self._metric(adapt_state)
-
-    def _init_state(self, fields, x, key_core):
-        raise NotImplementedError
+    def _init_state(self, z, rng_key, source, metric):
+        rng_key, _, key_core = jax.random.split(rng_key, 3)
+        return core.ula_init(z, source.score, source.logdensity), rng_key
 
 
 class ULA(_LangevinKernel):
@@ -266,25 +168,9 @@ class ULA(_LangevinKernel):
         """Score (gradient) evaluations per MCMC draw: ``num_steps``."""
         return self._num_steps
 
-    def _init_state(self, fields, x, key_core):
-        return ULAState(**fields)
-
-    def _step(self, state, model_args, model_kwargs, warmup):
-        source, key, x, h, metric = self._step_inputs(state, model_args, model_kwargs)
-
-        def one(carry, j):
-            (x, g, pe), key, key_mh = carry
-            x_new, g_new = core.ula_step(key, core.LangevinState(x, g), source.score, h, metric)
-            pe_new, dlogp = _dlogp(source, x, g, pe, x_new, g_new)
-            log_ratio = core.langevin_log_ratio(x, g, x_new, g_new, dlogp, h, metric)
-            kept, info = _correct(key_mh, log_ratio, (x_new, g_new, pe_new), (x, g, pe), warmup)
-            keys = random.fold_in(key, j + 1), random.fold_in(key_mh, j + 1)
-            return (kept, *keys), (info.acceptance_rate, info.diverging)
-
-        start = ((x, state.score, state.potential_energy), key, random.fold_in(state.rng_key, 1))
-        ((x, g, pe), _, _), (accept, diverging) = jax.lax.scan(one, start, jnp.arange(self._num_steps))
-        new = {"z": x, "score": g, "potential_energy": pe}
-        return self._update(state, source, new, jnp.mean(accept), jnp.any(diverging), warmup)
+    def _step_state(self, s, source, warmup):
+        return core.ula_step(s.rng_key, s.state, source.score, s.adapt_state.step_size, self._metric(s),
+                             logdensity_fn=source.logdensity, num_steps=self._num_steps, adjusted=warmup)
 
 
 class MALA(_LangevinKernel):
@@ -334,15 +220,9 @@ class MALA(_LangevinKernel):
     _default_target_accept_prob = 0.574
     _default_adapt_mass_matrix = True
 
-    def _init_state(self, fields, x, key_core):
-        return MALAState(**fields)
-
-    def _step(self, state, model_args, model_kwargs, warmup):
-        source, key, x, h, metric = self._step_inputs(state, model_args, model_kwargs)
-        c = core.AdjustedLangevinState(x, -state.potential_energy, state.score)
-        c, info = core.mala_step(key, c, source.logdensity, h, metric)
-        new = {"z": c.position, "score": c.score, "potential_energy": -c.logdensity}
-        return self._update(state, source, new, info.acceptance_rate, info.diverging, warmup)
+    def _step_state(self, s, source, warmup):
+        key = jax.random.split(s.rng_key)[1]
+        return core.mala_step(key, s.state, source.logdensity, s.adapt_state.step_size, self._metric(s))
 
 
 class UnderdampedLangevin(_LangevinKernel):
@@ -353,7 +233,7 @@ class UnderdampedLangevin(_LangevinKernel):
     dv = \nabla\log p(x)\,dt - \gamma v\,dt + \sqrt{2\gamma}\,M^{1/2} dW
     $$
 
-    integrated by ``numpyro_wjs.core.langevin.baoab_step`` (half kick, half drift,
+    integrated by ``numpyro_wjs.core.langevin.baoab`` (half kick, half drift,
     exact Ornstein-Uhlenbeck velocity refresh, half drift, half kick). The velocity
     persists across steps, so the chain moves ballistically over a distance of
     about ``1 / friction`` before it forgets its direction. Unadjusted (runs on a
@@ -411,35 +291,20 @@ class UnderdampedLangevin(_LangevinKernel):
         super().__init__(model, potential_fn, score_fn, **kwargs)
         self._friction = validation.positive("friction", friction)
 
-    def _init_state(self, fields, x, key_core):
-        velocity = core.draw_velocity(key_core, x, self._metric(fields["adapt_state"]))
-        return UnderdampedLangevinState(velocity=velocity, **fields)
+    def _init_state(self, z, rng_key, source, metric):
+        rng_key, _, key_core = jax.random.split(rng_key, 3)
+        return core.underdamped_init(z, source.score, key_core, metric, source.logdensity), rng_key
 
-    def _step(self, state, model_args, model_kwargs, warmup):
-        source, key, x, h, metric = self._step_inputs(state, model_args, model_kwargs)
-        old = core.UnderdampedState(x, state.velocity, state.score)
-        new = core.baoab_step(key, old, source.score, h, self._friction, metric)
-        potential_energy, dlogp = _dlogp(source, x, state.score, state.potential_energy, new.position, new.score)
-        log_ratio = core.baoab_log_ratio(old, new, h, metric, dlogp)
-        fields = {"z": new.position, "velocity": new.velocity, "score": new.score,
-                  "potential_energy": potential_energy}
-        # a rejected warmup step draws a fresh velocity (the windows then see a chain that keeps
-        # moving); a step discarded after warmup reverses it (Horowitz 1991), so the chain
-        # retreats from where the step failed instead of trying it again
-        reverse = -state.velocity
-        fresh = self._fresh_velocity(state, state.adapt_state)
-        rejected = {"z": x, "velocity": jnp.where(warmup, fresh, reverse), "score": state.score,
-                    "potential_energy": state.potential_energy}
-        kept, info = _correct(random.fold_in(state.rng_key, 1), log_ratio, fields, rejected, warmup)
-        out = self._update(state, source, kept, info.acceptance_rate, info.diverging, warmup)
+    def _step_state(self, s, source, warmup):
+        return core.underdamped_step(s.rng_key, s.state, source.score, s.adapt_state.step_size, self._friction,
+                                     self._metric(s), logdensity_fn=source.logdensity, adjusted=warmup)
+
+    def _adapt(self, s, new, info, warmup):
+        new, adapt_state = super()._adapt(s, new, info, warmup)
         if not self._adapt_mass_matrix:
-            return out
+            return new, adapt_state
         # a new mass matrix M (end of an adaptation window): draw the velocity from N(0, M)
-        pairs = zip(jax.tree.leaves(out.adapt_state.inverse_mass_matrix), jax.tree.leaves(state.adapt_state.inverse_mass_matrix))
+        pairs = zip(jax.tree.leaves(adapt_state.inverse_mass_matrix), jax.tree.leaves(s.adapt_state.inverse_mass_matrix))
         changed = jnp.any(jnp.stack([jnp.any(a != b) for a, b in pairs]))
-        fresh = self._fresh_velocity(state, out.adapt_state)
-        return out._replace(velocity=jnp.where(changed, fresh, out.velocity))
-
-    def _fresh_velocity(self, state, adapt_state):
-        """``v ~ N(0, M)`` for the metric of ``adapt_state``."""
-        return core.draw_velocity(random.fold_in(state.rng_key, 2), state.velocity, self._metric(adapt_state))
+        fresh = core.draw_velocity(jax.random.fold_in(s.rng_key, 2), new.velocity, self._metric(adapt_state))
+        return new._replace(velocity=jnp.where(changed, fresh, new.velocity)), adapt_state

@@ -8,36 +8,21 @@ the trajectory length ``T``, tuned during warmup by ChEES, and the friction ``1 
 
 from __future__ import annotations
 
-from collections import namedtuple
-
+import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from numpyro_wjs import validation
 from numpyro_wjs.core import malt as core
 from numpyro_wjs.core import metropolis
-from numpyro_wjs.infer.langevin import _UNADJUSTED_FIELDS, _LangevinKernel
+from numpyro_wjs.infer.langevin import _LangevinKernel
 
-__all__ = ["DEFAULT_MAX_NUM_STEPS", "DEFAULT_TRAJECTORY_LENGTH", "MALT", "MALTKernelState"]
+__all__ = ["DEFAULT_MAX_NUM_STEPS", "DEFAULT_TRAJECTORY_LENGTH", "MALT"]
 
 #: Initial trajectory length ``T`` (in the units of the preconditioned target) before ChEES.
 DEFAULT_TRAJECTORY_LENGTH = 1.0
 #: Largest number of OBABO steps (gradients) in one draw, as NUTS's tree depth 10.
 DEFAULT_MAX_NUM_STEPS = 1023
-
-MALTKernelState = namedtuple(
-    "MALTKernelState",
-    _UNADJUSTED_FIELDS[:-2] + ["trajectory_length", "num_steps", "energy_error", "length_adapt"]
-    + _UNADJUSTED_FIELDS[-2:],
-)
-"""State of ``MALT``: the fields of ``numpyro_wjs.infer.langevin.MALAState``
-(**accept_prob** is the trajectory's acceptance probability ``min(1, exp(-Delta))``), and
-
-- **trajectory_length**: the mean trajectory length ``T`` of the last draw;
-- **num_steps**: its OBABO steps, i.e. gradient evaluations (jittered around ``T / h``);
-- **energy_error**: ``Delta``, the trajectory's summed leapfrog energy error;
-- **length_adapt**: ``core.malt.LengthAdaptState`` (ChEES adaptation of ``T``).
-"""
-
 
 class MALT(_LangevinKernel):
     r"""Metropolis-adjusted Langevin trajectories (Riou-Durand & Vogrinc 2022).
@@ -95,6 +80,7 @@ class MALT(_LangevinKernel):
     _default_target_accept_prob = 0.8
     _default_adapt_mass_matrix = True
     sample_stats = ("diverging", "accept_prob", "num_steps", "trajectory_length", "energy_error")
+    _info_type = core.MALTStats
 
     def __init__(
         self,
@@ -130,29 +116,30 @@ class MALT(_LangevinKernel):
         return f"{int(state.num_steps)} steps of size {float(state.adapt_state.step_size):.2e}. " \
                f"acc. prob={float(state.mean_accept_prob):.2f}"
 
-    def _init_state(self, fields, x, key_core):
-        length = self._trajectory_length or DEFAULT_TRAJECTORY_LENGTH
-        zero = jnp.zeros((), x.dtype)
-        return MALTKernelState(trajectory_length=jnp.asarray(length, x.dtype), num_steps=jnp.array(0, jnp.int32),
-                               energy_error=zero, length_adapt=core.length_init(x, length), **fields)
+    def _init_state(self, z, rng_key, source, metric):
+        rng_key, _, _ = jax.random.split(rng_key, 3)
+        x = ravel_pytree(z)[0]
+        logp, score = jax.value_and_grad(source.logdensity)(x)
+        length = core.length_init(x, self._trajectory_length or DEFAULT_TRAJECTORY_LENGTH)
+        return core.MALTState(z, -logp, score, length), rng_key
 
-    def _step(self, state, model_args, model_kwargs, warmup):
-        source, key, x, h, metric = self._step_inputs(state, model_args, model_kwargs)
-        adapt = state.length_adapt
+    def _step_state(self, s, source, warmup):
+        h, metric, adapt = s.adapt_state.step_size, self._metric(s), s.state.length
         length = jnp.exp(jnp.where(warmup, adapt.log_length, adapt.log_length_avg))
         if self._num_steps is not None:
             num_steps = self._num_steps
         else:
-            u = core.van_der_corput(state.i)
+            u = core.van_der_corput(s.i)
             num_steps = core.jittered_num_steps(u, length, h, self._max_num_steps)
         friction = core.friction_from_length(length) if self._friction is None else self._friction
-        start = core.MALTState(x, state.potential_energy, state.score)
-        kept, info = core.malt_step(key, start, source.logdensity, h, num_steps, friction, metric)
+        kept, info = core.malt_step(jax.random.split(s.rng_key)[1], s.state, source.logdensity, h, num_steps,
+                                    friction, metric)
         if self._adapt_length:
+            x = ravel_pytree(s.state.z)[0]
             chees = core.chees_gradient(x, info, adapt.center, h, metric)
-            updated = core.length_update(adapt, chees, kept.z, (h, self._max_num_steps * h))
+            x_kept = jnp.where(info.is_accepted, info.proposal.z, x)
+            updated = core.length_update(adapt, chees, x_kept, (h, self._max_num_steps * h))
             adapt = metropolis.select(warmup, updated, adapt)
-        new = {"z": kept.z, "score": kept.score, "potential_energy": kept.potential_energy,
-               "trajectory_length": length, "num_steps": info.num_steps, "energy_error": info.energy_error,
-               "length_adapt": adapt}
-        return self._update(state, source, new, info.acceptance_rate, info.diverging, warmup)
+        stats = core.MALTStats(info.acceptance_rate, info.is_accepted, info.energy_error, info.diverging,
+                               info.num_steps, length)
+        return kept._replace(length=adapt), stats

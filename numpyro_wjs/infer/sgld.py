@@ -28,6 +28,7 @@ from numpyro.util import is_prng_key
 from numpyro_wjs import validation
 from numpyro_wjs.core import langevin, metropolis
 from numpyro_wjs.core import sgld as core
+from numpyro_wjs.infer import numpyro_hooks
 from numpyro_wjs.infer.adaptation import StepAdaptation
 from numpyro_wjs.infer.base import Kernel, as_float, split_keys
 from numpyro_wjs.infer.sources import check_finite_start, init_model
@@ -215,7 +216,8 @@ class _SGKernel(Kernel):
             }
             return self._init_state(fields, key_core, x, grad_fn)
 
-        state = self._start(init_one, init_params, rng_key)
+        numpyro_hooks.mark_initialised(self, self.sample)
+        state = jax.jit(vmap(init_one) if self._vectorized else init_one)(init_params, rng_key)
         check_finite_start(
             name, state.score, problem="the minibatch gradient is not finite at the initial point",
             fix="Choose `init_params` inside the support, or check the model.",
@@ -276,7 +278,14 @@ class _SGKernel(Kernel):
             i = state.i[0] if self._vectorized else state.i
             due = jnp.any(jnp.array([i == k for k in self._recentre_steps()] + [False]))
             state = jax.lax.cond(due, lambda s: self._recentre(s, model_args, model_kwargs), lambda s: s, state)
-        return super().sample(state, model_args, model_kwargs)
+
+        def step(s, warmup):
+            return self._step(s, model_args, model_kwargs, warmup)
+
+        # one unbatched warmup flag for vectorized chains (they move in lockstep), as Kernel.sample
+        i = state.i[0] if self._vectorized else state.i
+        warmup = i < self._num_warmup
+        return vmap(step, in_axes=(0, None))(state, warmup) if self._vectorized else step(state, warmup)
 
     def _recentre(self, state, model_args, model_kwargs):
         """The control-variate centre moved to the current position, with its full-data gradient."""
@@ -461,7 +470,7 @@ class SGLD(_SGKernel):
 class SGHMC(_SGKernel):
     r"""Stochastic-gradient underdamped Langevin: BAOAB with a minibatch gradient.
 
-    ``core.sgld.sghmc_step``: ``core.langevin.baoab_step`` (half kick, half drift, exact
+    ``core.sgld.sghmc_step``: ``core.langevin.baoab`` (half kick, half drift, exact
     Ornstein-Uhlenbeck refresh with ``friction``, half drift, half kick) with ``g~`` in
     place of the score, one minibatch gradient per step, the velocity kept across
     steps: SGHMC (Chen, Fox & Guestrin 2014) in the splitting the package already

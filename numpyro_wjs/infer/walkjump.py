@@ -10,43 +10,23 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections import namedtuple
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import random
 
+from numpyro.util import identity
+
 from numpyro_wjs import validation
 from numpyro_wjs.core import walkjump as core
 from numpyro_wjs.core.langevin import normal_like
 from numpyro_wjs.infer.base import Kernel
-from numpyro_wjs.infer.sources import check_finite_start, check_output_shape
+from numpyro_wjs.infer.sources import Source, check_finite_start, check_output_shape
 
 Array = jax.Array
 
-__all__ = ["WalkJump", "WalkJumpState"]
-
-WalkJumpState = namedtuple(
-    "WalkJumpState",
-    ["i", "x", "y", "velocity", "accept_prob", "mean_accept_prob", "diverging", "adapt_state", "rng_key", "score"],
-)
-"""State of ``WalkJump``.
-
-- **i**: iteration.
-- **x**: the jump ``E[X | y]`` (the sample field).
-- **y**: the walk (noisy measurements; ``(M, *event)`` in joint mode).
-- **velocity**: momentum of the underdamped walk.
-- **accept_prob**: estimated Metropolis acceptance of the last walk steps (see
-  ``walk_step``); drives step-size adaptation, never rejects.
-- **mean_accept_prob**: its running mean.
-- **diverging**: a walk step of this draw was non-finite or had an estimated energy
-  error above ``langevin.MAX_LOG_ACCEPT_DROP``; it was discarded.
-- **adapt_state**: ``HMCAdaptState``; ``adapt_state.step_size`` is the walk step size.
-- **rng_key**: random key.
-- **score**: ``grad log p_Y(y)``.
-"""
-
+__all__ = ["WalkJump"]
 
 #: Largest walk step, in units of sigma (underdamped) or sigma^2 (overdamped): the
 #: stiffest direction of p_Y has curvature at most 1 / sigma^2, and BAOAB and ULA are
@@ -199,11 +179,9 @@ class WalkJump(Kernel):
         self._init_noisy = init_noisy
 
     sample_stats = ("diverging", "accept_prob", "y")
-
-    # -- MCMCKernel interface ---------------------------------------------------------
-    @property
-    def sample_field(self):
-        return "x"
+    sample_field = "x"
+    _key_parts = 3
+    _info_type = core.WalkInfo
 
     @property
     def label(self) -> str:
@@ -263,50 +241,40 @@ class WalkJump(Kernel):
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):
         if init_params is None:
             raise ValueError("WalkJump: pass `init_params` (a clean point x0, or y0 with init_noisy=True).")
-        rng_key, init_params, x_example = self._initial_params(rng_key, num_warmup, init_params, (), {}, split_key=False)
+        return super().init(rng_key, num_warmup, init_params)
+
+    def _adaptation(self, num_warmup, example):
         check_output_shape(
-            "WalkJump", "the denoiser", lambda y: self._denoise(y, self._sigma), x_example,
+            "WalkJump", "the denoiser", lambda y: self._denoise(y, self._sigma), example,
             " It is called on one unbatched point (vmap handles chains).",
         )
-        adaptation = self._adapter(
-            num_warmup,
-            jnp.zeros(0, x_example.dtype),  # the walk adapts its step only: no mass matrix
-            adapt_step_size=self._adapt_step_size,
-            target_accept_prob=self._target_accept_prob,
-            max_step_size=self._max_step_size,
+        # the walk adapts its step only (no mass matrix), up to the stability bound
+        return self._step_adaptation(
+            num_warmup, None, adapt_step_size=self._adapt_step_size,
+            target_accept_prob=self._target_accept_prob, max_step_size=self._max_step_size,
         )
-        score_fn = self._walk_score()
 
-        def init_one(x0, key):
-            key, key_noise, key_v, key_wa = random.split(key, 4)
-            shape = ((self._M,) if self._joint else ()) + x0.shape
-            noise = 0.0 if self._init_noisy else self._sigma * normal_like(key_noise, jnp.zeros(shape, x0.dtype))
-            st = core.walk_init(jnp.broadcast_to(x0, shape) + noise, score_fn, key_v if self._underdamped else None)
-            wa = adaptation.init(jnp.zeros(0, x0.dtype), key_wa, self._step_size)
-            zero = jnp.zeros((), x0.dtype)
-            x = self._tweedie(st.y, st.score)
-            return WalkJumpState(jnp.array(0), x, st.y, st.velocity, zero, zero, jnp.array(False), wa, key, st.score)
+    def _source(self, x, model_args, model_kwargs):
+        """The walk's score ``grad log p_Y`` from the denoiser (positions keep their shape)."""
+        return Source(self._walk_score(), None, identity)
 
-        state = self._start(init_one, init_params, rng_key)
+    def _init_state(self, x0, rng_key, source, metric):
+        rng_key, key_noise, key_v, _ = random.split(rng_key, 4)
+        shape = ((self._M,) if self._joint else ()) + x0.shape
+        noise = 0.0 if self._init_noisy else self._sigma * normal_like(key_noise, jnp.zeros(shape, x0.dtype))
+        st = core.walk_init(jnp.broadcast_to(x0, shape) + noise, source.score, key_v if self._underdamped else None)
+        return st._replace(x=self._tweedie(st.y, st.score)), rng_key
+
+    def _check_start(self, state) -> None:
         check_finite_start(
             "WalkJump", state.score, problem="the denoiser returned non-finite values at the initial point",
             fix="Check the denoiser (and its input scaling) and `init_params`.",
         )
-        return state
 
-    def _step(self, state, model_args, model_kwargs, warmup):
-        walk = core.WalkState(state.y, state.velocity, state.score)
-        walk, x, info = core.walk_jump_step(
-            state.rng_key, walk, self._walk_score(), self._jump_fn(), state.adapt_state.step_size, self._friction,
+    def _step_state(self, s, source, warmup):
+        return core.walk_jump_step(
+            s.rng_key, s.state, source.score, self._jump_fn(), s.adapt_state.step_size, self._friction,
             self._jump_every, self._underdamped,
-        )
-        ok = jnp.all(jnp.isfinite(x))
-        i = state.i
-        adapt_state = self._adapt(i, info.acceptance_rate, jnp.zeros(0, x.dtype), state.adapt_state, warmup)
-        return WalkJumpState(
-            i + 1, jnp.where(ok, x, state.x), walk.y, walk.velocity, info.acceptance_rate,
-            self._running_mean(state.mean_accept_prob, info.acceptance_rate, i, warmup),
-            info.diverging | ~ok, adapt_state, random.split(state.rng_key, 3)[0], walk.score,
         )
 
 
