@@ -3,8 +3,8 @@
 Exactness is checked against known moments at Monte Carlo tolerance (``mc.py``), at
 step sizes where the unadjusted BAOAB chain is visibly biased; the trajectory against
 NumPyro's leapfrog integrator at friction 0; the energy error's order in ``h``;
-divergences; the kernel through ``numpyro.infer.MCMC`` against NUTS; and a few of
-NumPyro's ported kernel tests (``test_numpyro_suite``) on MALT's defaults.
+divergences; the kernel through ``numpyro.infer.MCMC`` against NUTS. NumPyro's ported
+kernel tests run MALT on its defaults in ``test_numpyro_suite``.
 """
 
 import math
@@ -16,7 +16,6 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import test_gibbs_blocks
-import test_numpyro_suite as suite
 import test_ula_defaults
 from mc import N_SE, assert_mean_close, assert_moments_close, mcse
 from numpy.testing import assert_allclose
@@ -239,25 +238,7 @@ def test_needs_a_log_density():
         MALT(score_fn=lambda x: -x)
 
 
-# --------------------------------------------------------------------------- NumPyro's ported tests
-@pytest.fixture
-def malt_in_suite(monkeypatch):
-    monkeypatch.setitem(suite.KERNELS, "MALT", (MALT, {}))
-
-
-@pytest.mark.usefixtures("malt_in_suite")
-def test_numpyro_unnormalized_normal():
-    suite.test_unnormalized_normal("MALT", False)
-
-
-@pytest.mark.usefixtures("malt_in_suite")
-def test_numpyro_predictive_on_the_draws():
-    suite.test_predictive_on_the_draws("MALT")
-
-
-@pytest.mark.usefixtures("malt_in_suite")
-def test_numpyro_dirichlet_categorical_dense():
-    suite.test_dirichlet_categorical("MALT", True)
+# NumPyro's ported kernel tests run MALT as one of tests/test_numpyro_suite.py's KERNELS.
 
 
 def test_structured_mass_matrix():

@@ -1,7 +1,7 @@
 """NumPyro's own MCMC kernel tests (``test/infer/test_mcmc.py``), run with this package's kernels.
 
-Every test is parametrised over ``ULA``, ``MALA``, ``UnderdampedLangevin`` and
-``GibbsWalkJump`` on their default settings (UnderdampedLangevin with
+Every test is parametrised over ``ULA``, ``MALA``, ``UnderdampedLangevin``,
+``GibbsWalkJump`` and ``MALT`` on their default settings (UnderdampedLangevin with
 ``adapt_mass_matrix=True``; ``dense_mass=True`` where NumPyro asks for it and the kernel
 accepts it) in place of HMC/NUTS/SA/BarkerMH.
 
@@ -41,7 +41,7 @@ from numpyro.infer.reparam import TransformReparam
 from numpyro.util import is_prng_key
 
 from mc import assert_mean_close, assert_within
-from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin
+from numpyro_wjs import MALA, MALT, ULA, GibbsWalkJump, UnderdampedLangevin
 
 # kernel name -> (class, settings other than the default ones)
 KERNELS = {
@@ -49,6 +49,7 @@ KERNELS = {
     "MALA": (MALA, {}),
     "UnderdampedLangevin": (UnderdampedLangevin, {"adapt_mass_matrix": True}),
     "GibbsWalkJump": (GibbsWalkJump, {}),
+    "MALT": (MALT, {}),
 }
 KERNEL_NAMES = list(KERNELS)
 
