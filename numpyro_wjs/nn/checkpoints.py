@@ -245,11 +245,13 @@ def interrupts_deferred():
 
 
 def _file_digests(directory: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``directory`` but ``metadata.json``, by relative path."""
+    """SHA-256 of every file under ``directory`` but ``metadata.json`` and the temporary files
+    ``write_metadata`` makes on the way to it (another process of a multi-process run may be
+    sealing the same checkpoint), by relative path."""
     return {
         file.relative_to(directory).as_posix(): hashlib.sha256(file.read_bytes()).hexdigest()
         for file in sorted(directory.rglob("*"))
-        if file.is_file() and file.name != METADATA_FILE
+        if file.is_file() and file.name != METADATA_FILE and not file.name.startswith(f".{METADATA_FILE}.")
     }
 
 
