@@ -20,7 +20,9 @@ Commands
     checkpoints in ``--out`` (a folder holding a saved model, another run, or files
     but no run is refused unless ``--overwrite``); ``--pretrained-mnist`` /
     ``--pretrained-classifier`` re-create the shipped networks with their recorded
-    recipes.
+    recipes. With ``--distributed`` the same command on every process trains on a
+    mesh over all their devices (``jax.distributed``), each process reading its rows
+    of every batch; process 0 reports.
 
 ``sample``
     Stream draws of walk-jump sampling with a saved denoiser (``--denoiser DIR``), or of
@@ -524,6 +526,11 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError("--data-path is empty; give the folder of the MNIST IDX files, or add --download.")
     if args.download and not (args.data == "mnist" or args.pretrained_mnist or args.pretrained_classifier):
         raise UsageError(f"--download fetches MNIST; --data {args.data} needs no download.")
+    distributed = args.distributed or any(
+        getattr(args, name) is not None for name in ("coordinator", "num_processes", "process_id"))
+    if distributed and (args.pretrained_mnist or args.pretrained_classifier):
+        raise UsageError("--pretrained-mnist and --pretrained-classifier train in one process; drop --distributed "
+                         "(and --coordinator, --num-processes, --process-id).")
     if args.pretrained_mnist or args.pretrained_classifier:
         from numpyro_wjs.nn.classifier import PRETRAINED_CLASSIFIER_DIR, train_pretrained_classifier
         from numpyro_wjs.data import download_mnist
@@ -546,8 +553,17 @@ def _train(args: argparse.Namespace) -> int:
             )
             print(f"held-out MSE per image: {meta['heldout_mse_per_image']}; saved to {out}")
         return 0
+    import jax
+
+    if distributed:  # before anything touches a device
+        try:
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as err:  # nothing detected, or an incomplete set of options
+            raise UsageError(f"--distributed: {err} Outside SLURM (or another cluster JAX detects) pass "
+                             "--coordinator HOST:PORT --num-processes N --process-id I.") from None
     from flax import nnx
 
+    from numpyro_wjs.nn.fit import TrainConfig, process_batches
     from numpyro_wjs.nn.registry import build_network
     from numpyro_wjs.nn.train import check_outside_package, train_denoiser
 
@@ -572,11 +588,22 @@ def _train(args: argparse.Namespace) -> int:
     }
     net = build_network(network.architecture, config, nnx.Rngs(args.seed))
     out = _output_dir(args.out or "wjs-denoiser")
+    steps, mesh, lead = args.steps or _TRAIN_STEPS, None, jax.process_index() == 0
+    if jax.process_count() > 1:  # one mesh over every process's devices; each reads its rows of a batch
+        from jax.sharding import Mesh
+
+        if args.batch_size % jax.device_count():
+            raise UsageError(f"--batch-size {args.batch_size} must be divisible by the {jax.device_count()} "
+                             f"devices of the {jax.process_count()} processes.")
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        data = process_batches(data, TrainConfig(steps, args.batch_size, seed=args.seed))
     result = train_denoiser(
-        net, data, sigma, steps=args.steps or _TRAIN_STEPS, batch_size=args.batch_size, learning_rate=args.lr,
+        net, data, sigma, steps=steps, batch_size=args.batch_size, learning_rate=args.lr,
         eval_data=eval_data, seed=args.seed, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, mesh=mesh, progress_bar=lead,
     )
+    if not lead:  # one process reports
+        return 0
     if np.size(result.eval_mse):
         last = np.atleast_1d(np.asarray(result.eval_mse)[-1])
         sigmas = np.atleast_1d(np.asarray(result.eval_sigmas))
@@ -707,6 +734,16 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --pretrained-mnist: resumable training folder (default: none)")
     parser.add_argument("--pretrained-mnist", action="store_true", help="re-create the shipped MNIST denoiser")
     parser.add_argument("--pretrained-classifier", action="store_true", help="re-create the shipped MNIST classifier")
+    parser.add_argument("--distributed", action="store_true",
+                        help="train data-parallel over the devices of several processes: call "
+                             "jax.distributed.initialize() first (detected on SLURM and other clusters; "
+                             "start the same command on every process, --out on a shared folder)")
+    parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="address of process 0; implies --distributed (default: detected, e.g. on SLURM)")
+    parser.add_argument("--num-processes", type=_positive_int, default=None,
+                        help="number of processes; implies --distributed (default: detected)")
+    parser.add_argument("--process-id", type=_non_negative_int, default=None,
+                        help="this process's rank, 0 to N-1; implies --distributed (default: detected)")
 
 
 # --------------------------------------------------------------------------- sample

@@ -1,5 +1,6 @@
 """``nn.fit`` over a mesh that spans two processes (``jax.distributed``, Gloo on CPU):
-the loss curve of one process, orbax checkpoints written by both, and a resume."""
+the loss curve of one process, orbax checkpoints written by both, and a resume; each
+process reading only its rows of every batch; ``numpyro-wjs train --distributed``."""
 
 from __future__ import annotations
 
@@ -16,42 +17,84 @@ import pytest
 STEPS = 30
 
 
-def _worker(out: str, process_id: int, num_processes: int, port: int, checkpoint_dir: str) -> None:
-    """Train a small MLP denoiser on a mesh of all global devices; process 0 saves the losses."""
+def _worker(out: str, process_id: int, num_processes: int, port: int, checkpoint_dir: str,
+            mode: str = "arrays") -> None:
+    """Train a small MLP denoiser on a mesh of all global devices; process 0 saves the losses.
+
+    ``mode="arrays"``: every process holds the training array. ``mode="per_process"``:
+    each process passes only its rows of every batch: first 32 rows (the global batch,
+    refused; process 0 saves the message to ``out.txt``), then a generator of its 16
+    rows (``out``), then ``process_batches`` with checkpoints in ``checkpoint_dir``
+    (``out.pb.npy``), and that run again after its last checkpoint is deleted
+    (``out.resumed.npy``).
+    """
     import jax
 
     if num_processes > 1:
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
     from flax import nnx
+    from jax.experimental import multihost_utils
     from jax.sharding import Mesh
 
     from numpyro_wjs.nn.denoisers import MLP
-    from numpyro_wjs.nn.fit import TrainConfig, fit
+    from numpyro_wjs.nn.fit import TrainConfig, fit, process_batches
     from numpyro_wjs.nn.train import DenoisingLoss
 
     data = np.random.default_rng(0).normal(size=(512, 4)).astype(np.float32)  # the same on every process
-    net = MLP(4, hidden=(16,), sigma=0.5, sigma_data=1.0, rngs=nnx.Rngs(0))
-    result = fit(net, DenoisingLoss(0.5), data, TrainConfig(steps=STEPS, batch_size=32),
-                 mesh=Mesh(np.array(jax.devices()), ("data",)), progress_bar=False,
-                 checkpoint_dir=checkpoint_dir or None, checkpoint_every=10)
-    if process_id == 0:
-        np.save(out, result.loss_history)
+    config = TrainConfig(steps=STEPS, batch_size=32)
+
+    def train(data, **kwargs):
+        net = MLP(4, hidden=(16,), sigma=0.5, sigma_data=1.0, rngs=nnx.Rngs(0))
+        return fit(net, DenoisingLoss(0.5), data, config, mesh=Mesh(np.array(jax.devices()), ("data",)),
+                   progress_bar=False, **kwargs).loss_history
+
+    def save(name, value):
+        if process_id == 0:
+            np.save(name, value)
+
+    if mode == "arrays":
+        save(out, train(data, checkpoint_dir=checkpoint_dir or None, checkpoint_every=10))
+        return
+    try:
+        train(iter([data[:32]] * STEPS))
+    except ValueError as err:
+        if process_id == 0:
+            Path(out + ".txt").write_text(str(err))
+    save(out, train(batch for batch in process_batches(data, config)))  # a plain iterator of this process's rows
+    save(out + ".pb.npy", train(process_batches(data, config), checkpoint_dir=checkpoint_dir, checkpoint_every=10))
+    if process_id == 0:  # as if both processes died after step 20's checkpoint
+        shutil.rmtree(Path(checkpoint_dir) / f"step_{STEPS:08d}")
+    multihost_utils.sync_global_devices("checkpoint removed")
+    save(out + ".resumed.npy", train(process_batches(data, config), checkpoint_dir=checkpoint_dir))
 
 
-def _launch(out: Path, devices: int, processes: int, checkpoint_dir: Path | str = "") -> list[subprocess.Popen]:
+def _launch(out: Path | None, devices: int, processes: int, checkpoint_dir: Path | str = "", mode: str = "arrays",
+            command: list[str] | None = None) -> list[subprocess.Popen]:
+    """``processes`` processes of ``devices`` CPU devices each, on one free port: the
+    ``_worker`` of this file, or ``command`` followed by ``--coordinator 127.0.0.1:PORT
+    --num-processes N --process-id I``."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return [subprocess.Popen([sys.executable, __file__, str(out), str(i), str(processes), str(port),
-                              str(checkpoint_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True) for i in range(processes)]
+
+    def argv(i: int) -> list[str]:
+        if command is not None:
+            return [*command, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+                    "--process-id", str(i)]
+        return [sys.executable, __file__, str(out), str(i), str(processes), str(port), str(checkpoint_dir), mode]
+
+    return [subprocess.Popen(argv(i), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(processes)]
 
 
-def _wait(group: list[subprocess.Popen]) -> None:
+def _wait(group: list[subprocess.Popen]) -> list[str]:
+    outputs = []
     for p in group:
         output, _ = p.communicate(timeout=240)
         assert p.returncode == 0, output[-3000:]
+        outputs.append(output)
+    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -79,5 +122,53 @@ def test_a_two_process_run_resumes_from_its_last_checkpoint(runs):
     assert np.isfinite(np.asarray(net(np.zeros(4, np.float32)))).all()
 
 
+@pytest.fixture(scope="module")
+def per_process(runs):
+    _wait(_launch(runs / "per_process.npy", 2, 2, runs / "ckpt_per_process", mode="per_process"))
+    return runs
+
+
+def test_processes_reading_only_their_rows_follow_the_one_process_loss_curve(per_process):
+    one = np.load(per_process / "one.npy")
+    rows = np.load(per_process / "per_process.npy")  # an iterator of each process's 16 rows of 32
+    np.testing.assert_allclose(rows, one, rtol=1e-6)
+    print(f"max relative difference to 1 process: {np.max(np.abs(rows / one - 1)):.2e}")
+    # process_batches places the batches the array run draws: the 2-process array run, bit for bit
+    np.testing.assert_array_equal(np.load(per_process / "per_process.npy.pb.npy"), np.load(per_process / "two.npy"))
+    # and a resumed run continues at its checkpoint's step with nothing skipped by hand
+    np.testing.assert_array_equal(np.load(per_process / "per_process.npy.resumed.npy"),
+                                  np.load(per_process / "two.npy"))
+
+
+def test_a_batch_of_the_wrong_size_on_one_process_is_refused(per_process):
+    message = (per_process / "per_process.npy.txt").read_text()
+    assert message.startswith("batch 0 of data has shape (32, 4) on process 0, expected (16, 4)"), message
+    assert "2 processes" in message and "batch_size=32" in message
+
+
+def test_the_cli_trains_over_two_processes(tmp_path):
+    from numpyro_wjs.cli import main
+    from numpyro_wjs.nn.train import load_denoiser
+
+    args = ["train", "--data", "mixture", "--hidden", "8", "--steps", "6", "--batch-size", "8",
+            "--checkpoint-every", "3"]
+    cli = [sys.executable, "-c", "import sys; from numpyro_wjs.cli import main; sys.exit(main())"]
+    outputs = _wait(_launch(None, 2, 2, command=[*cli, *args, "--out", str(tmp_path / "two")]))
+    assert "checkpoint in" in outputs[0] and "train:" in outputs[0]  # process 0 reports, with a progress bar
+    assert "checkpoint in" not in outputs[1] and "train:" not in outputs[1]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["step_00000003", "step_00000006"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0  # one process, one device: the same run
+    two, one = load_denoiser(tmp_path / "two"), load_denoiser(tmp_path / "one")  # one process reads both
+    y = np.random.default_rng(1).normal(size=(16, 2)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(two(y)), np.asarray(one(y)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_cli_refuses_distributed_pretrained_recipes(capsys):
+    from numpyro_wjs.cli import main
+
+    assert main(["train", "--pretrained-mnist", "--distributed", "--out", "unused"]) == 2
+    assert "train in one process" in capsys.readouterr().err
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:])

@@ -43,6 +43,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -67,6 +68,7 @@ from numpyro_wjs.validation import positive, positive_int
 __all__ = [
     "Evaluation",
     "FitResult",
+    "ProcessBatches",
     "TrainConfig",
     "check_outside_package",
     "ema_update",
@@ -74,6 +76,7 @@ __all__ = [
     "fit_step",
     "is_batch_stream",
     "make_optimizer",
+    "process_batches",
 ]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -320,7 +323,8 @@ def is_batch_stream(data: Any) -> bool:
 class _Batches(NamedTuple):
     """Where the batch of each step comes from: ``arrays`` (a pytree of arrays ``(N, ...)``)
     indexed inside the step by ``pick(step)`` (``None``: drawn there with replacement), or,
-    without ``arrays``, the batch ``pick(step)`` itself, read from an iterable."""
+    without ``arrays``, the batch ``pick(step)`` itself (this process's rows of it under a
+    mesh over several processes), read from an iterable or a ``ProcessBatches``."""
 
     arrays: Any
     pick: Callable[[int], Any] | None
@@ -328,32 +332,178 @@ class _Batches(NamedTuple):
     data_shape: Any
 
 
-def _batches(data: Any, config: TrainConfig) -> _Batches:
-    """The batches of ``data`` (arrays or an iterable of batches) as ``config`` draws them."""
+def _batches(data: Any, config: TrainConfig, rows: np.ndarray | None = None, key: jax.Array | None = None) -> _Batches:
+    """The batches of ``data`` (arrays, a ``ProcessBatches`` or an iterable of batches) as
+    ``config`` draws them; ``rows``: the rows of each global batch this process places
+    (``None``: all of them), which is what an iterable yields and a ``ProcessBatches`` reads."""
+    local = config.batch_size if rows is None else len(rows)
+    if isinstance(data, ProcessBatches):
+        data.check(config, key)
+        pick = functools.partial(data.batch, rows=np.arange(config.batch_size) if rows is None else rows)
+        return _Batches(None, pick, data.num_examples, _event_shapes(data.arrays))
     if is_batch_stream(data):
         batches = iter(data)
         first = next(batches, None)
         if first is None:
             raise ValueError("data yielded no batches")
         first = jax.tree.map(np.asarray, first)
-        pick = _stream(itertools.chain([first], batches), first, config.batch_size, config.steps)
+        pick = _stream(itertools.chain([first], batches), first, local, config.steps, config.batch_size)
         return _Batches(None, pick, None, _event_shapes(first))
     arrays = jax.tree.map(np.asarray, data)
+    size = _num_examples(arrays)
+    pick = None
+    if config.sampling == "epochs":
+        _check_epochs(size, config.batch_size)
+        pick = _Epochs(size, config.batch_size, config.seed)
+    return _Batches(arrays, pick, size, _event_shapes(arrays))
+
+
+def _num_examples(arrays: Any) -> int:
+    """``N`` of a pytree of arrays ``(N, ...)``."""
     sizes = {np.shape(a)[0] if np.ndim(a) else 0 for a in jax.tree.leaves(arrays)}
     if len(sizes) != 1 or min(sizes) < 1:
         raise ValueError(
             f"data must be an array (N, ...) or a pytree of arrays sharing N >= 1, got lengths {sorted(sizes)}"
         )
-    (size,) = sizes
-    pick = None
-    if config.sampling == "epochs":
-        if config.batch_size > size:
-            raise ValueError(
-                f"batch_size={config.batch_size} exceeds the {size} examples of data; passes without "
-                "replacement (sampling='epochs') need batch_size <= N"
-            )
-        pick = _Epochs(size, config.batch_size, config.seed)
-    return _Batches(arrays, pick, size, _event_shapes(arrays))
+    return sizes.pop()
+
+
+def _check_epochs(size: int, batch_size: int) -> None:
+    if batch_size > size:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the {size} examples of data; passes without "
+            "replacement (sampling='epochs') need batch_size <= N"
+        )
+
+
+def _process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> np.ndarray:
+    """The rows of a global batch ``(batch_size, ...)`` that this process's devices hold
+    under ``sharding``, in increasing order (the order of
+    ``jax.make_array_from_process_local_data``)."""
+    rows: set[int] = set()
+    for index in sharding.addressable_devices_indices_map((batch_size,)).values():
+        rows.update(range(batch_size)[index[0]])
+    return np.asarray(sorted(rows), dtype=np.int64)
+
+
+def _default_key(seed: int) -> jax.Array:
+    """The key of a run's random numbers when none is given (``train_denoiser``'s)."""
+    return jax.random.split(jax.random.key(seed))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "size"))
+def _replacement_indices(key: jax.Array, step: jax.Array, *, batch_size: int, size: int) -> jax.Array:
+    """The indices ``fit_step`` draws with replacement at ``step`` (the same computation)."""
+    return jax.random.randint(jax.random.split(jax.random.fold_in(key, step))[0], (batch_size,), 0, size)
+
+
+class ProcessBatches:
+    """This process's rows of the global batches ``fit`` draws from ``arrays`` (made by
+    ``process_batches``).
+
+    ``indices(step)`` are the rows of ``arrays`` in the global batch of ``step``, drawn
+    exactly as ``fit`` draws them from arrays with the same ``config`` and ``key``, on
+    every process alike; ``batch(step, rows)`` reads the rows ``rows`` of that batch
+    (default ``own_rows()``: this process's, as its devices hold them on a mesh over
+    ``jax.devices()``), so each process reads only its share of every batch. Iterating
+    yields ``batch(0)``, ..., ``batch(config.steps - 1)``.
+
+    ``fit`` reads it by step, with the rows of its own mesh, so a resumed run continues
+    at its checkpoint's step with nothing to skip.
+    """
+
+    def __init__(self, arrays: Any, config: TrainConfig, key: jax.Array | None = None):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.arrays = jax.tree.map(np.asarray, arrays)  # a memory map stays on disk
+        self.num_examples = _num_examples(self.arrays)
+        self.config = config
+        self.key = _default_key(config.seed) if key is None else key
+        self._epochs = None
+        if config.sampling == "epochs":
+            _check_epochs(self.num_examples, config.batch_size)
+            self._epochs = _Epochs(self.num_examples, config.batch_size, config.seed)
+
+    def indices(self, step: int) -> np.ndarray:
+        """Rows of ``arrays`` in the global batch of ``step``, ``(batch_size,)``."""
+        if self._epochs is not None:
+            return self._epochs(step)
+        return np.asarray(_replacement_indices(self.key, jnp.int32(step), batch_size=self.config.batch_size,
+                                               size=self.num_examples))
+
+    def own_rows(self) -> np.ndarray:
+        """This process's rows of a global batch on a mesh over ``jax.devices()``: a
+        block of ``batch_size / jax.process_count()``."""
+        if self.config.batch_size % jax.device_count():
+            raise ValueError(f"batch_size={self.config.batch_size} must be divisible by the "
+                             f"{jax.device_count()} devices")
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        return _process_rows(NamedSharding(mesh, PartitionSpec("data")), self.config.batch_size)
+
+    def batch(self, step: int, rows: np.ndarray | None = None) -> Any:
+        """Rows ``rows`` (default: ``own_rows()``) of the global batch of ``step``."""
+        picked = self.indices(step)[self.own_rows() if rows is None else rows]
+        batch = jax.tree.map(lambda a: np.asarray(a[picked]), self.arrays)
+        for leaf in jax.tree.leaves(batch):
+            if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+                raise ValueError(f"batch {step} of data contains NaN or infinite values")
+        return batch
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __iter__(self) -> Any:
+        rows = self.own_rows()
+        return (self.batch(step, rows) for step in range(self.config.steps))
+
+    def check(self, config: TrainConfig, key: jax.Array | None) -> None:
+        """Raise ``ValueError`` unless ``fit(..., config, key=key)`` draws these batches."""
+        mine = {k: getattr(self.config, k) for k in ("batch_size", "sampling", "seed")}
+        theirs = {k: getattr(config, k) for k in mine}
+        if mine != theirs:
+            raise ValueError(f"process_batches was made for {mine} but fit got {theirs}; pass fit's config")
+        key = _default_key(config.seed) if key is None else key
+        if not np.array_equal(jax.random.key_data(key), jax.random.key_data(self.key)):
+            raise ValueError("process_batches was made with another key than fit's; pass the same key= to both")
+
+    def __repr__(self) -> str:
+        return (f"ProcessBatches({self.num_examples} examples, batch_size={self.config.batch_size}, "
+                f"sampling={self.config.sampling!r}, process {jax.process_index()} of {jax.process_count()})")
+
+
+def process_batches(arrays: Any, config: TrainConfig, *, key: jax.Array | None = None) -> ProcessBatches:
+    """This process's rows of each global batch that ``fit`` draws from ``arrays``.
+
+    The data argument of ``fit`` (and ``train_denoiser``) for training over a mesh
+    that spans processes when each process should read only its rows of every batch:
+    from ``config.seed`` (or ``key``, ``fit``'s) every process draws the same global
+    batch indices as a single-process run on ``arrays`` (``config.sampling`` alike) and
+    reads the rows its devices hold, e.g. from ``np.load(path, mmap_mode="r")``, which
+    reads only those rows from disk. The global batch, and so the loss curve, is that
+    of the single-process run. A resumed run continues at its step.
+
+    Parameters
+    ----------
+    arrays : array or pytree of arrays sharing their first axis ``N``
+    config : TrainConfig
+        The config passed to ``fit`` (its ``batch_size``, ``sampling`` and ``seed`` are
+        checked there).
+    key : PRNG key, optional
+        ``fit``'s ``key``, if one is passed there.
+
+    Returns
+    -------
+    ProcessBatches
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(10.0, dtype=np.float32)[:, None]
+    >>> batches = process_batches(x, TrainConfig(steps=3, batch_size=4))
+    >>> [b.shape for b in batches]  # one process: the whole batch of each step
+    [(4, 1), (4, 1), (4, 1)]
+    """
+    return ProcessBatches(arrays, config, key)
 
 
 def _event_shapes(batch: Any) -> Any:
@@ -379,8 +529,9 @@ class _Epochs:
         return self.order[i * self.batch_size : (i + 1) * self.batch_size]
 
 
-def _stream(batches: Any, first: Any, batch_size: int, steps: int) -> Callable[[int], Any]:
-    """The batch of step ``t`` from the iterator ``batches``, checked against ``first``."""
+def _stream(batches: Any, first: Any, rows: int, steps: int, batch_size: int) -> Callable[[int], Any]:
+    """The batch of step ``t`` from the iterator ``batches``, checked against ``first``:
+    ``rows`` examples, this process's share of the global ``batch_size``."""
     structure = jax.tree.structure(first)
     reference = jax.tree.leaves(first)
 
@@ -395,7 +546,13 @@ def _stream(batches: Any, first: Any, batch_size: int, steps: int) -> Callable[[
         if jax.tree.structure(batch) != structure:
             raise ValueError(f"batch {step} of data is a {jax.tree.structure(batch)}, the first a {structure}")
         for leaf, ref in zip(jax.tree.leaves(batch), reference):
-            if leaf.shape != (batch_size, *ref.shape[1:]):
+            if leaf.shape != (rows, *ref.shape[1:]):
+                if rows != batch_size:
+                    raise ValueError(
+                        f"batch {step} of data has shape {leaf.shape} on process {jax.process_index()}, expected "
+                        f"{(rows, *ref.shape[1:])}: on a mesh over {jax.process_count()} processes each yields "
+                        f"only its {rows} rows of the global batch_size={batch_size} (see process_batches)"
+                    )
                 raise ValueError(
                     f"batch {step} of data has shape {leaf.shape}, expected {(batch_size, *ref.shape[1:])} "
                     "(batch_size, *event_shape); drop incomplete batches (e.g. drop_remainder=True)"
@@ -485,7 +642,12 @@ def fit(
         Arrays sharing their first axis ``N`` (e.g. ``x`` or ``(images, labels)``),
         or an iterable (generator, Grain or tf.data pipeline) yielding at least
         ``config.steps`` batches of ``batch_size`` examples; a resumed run reads it
-        from where it stands.
+        from where it stands. On a ``mesh`` over several processes an iterable yields
+        on each process only its rows of every global batch of ``batch_size`` (the
+        rows its devices hold: ``batch_size / jax.process_count()`` on a mesh of
+        ``jax.devices()``), assembled with ``jax.make_array_from_process_local_data``;
+        a ``ProcessBatches`` (``process_batches(arrays, config)``) reads each process's
+        rows of the batches drawn from arrays, the single-process batches.
     config : TrainConfig
     callbacks : sequence of callables
         Each called as ``callback(step, metrics)`` every 50 steps, at every
@@ -513,6 +675,9 @@ def fit(
         Checkpoint format; default ``objective.format``.
     mesh : jax.sharding.Mesh, optional
         Device mesh with an axis ``'data'``; default all local devices if more than one.
+        A mesh over the devices of several processes (after ``jax.distributed.initialize``)
+        trains data-parallel across them: every process calls ``fit`` alike, with
+        ``checkpoint_dir`` a folder all of them see.
     progress_bar : bool
         Show a tqdm bar named ``desc`` with the running loss, the throughput and the
         latest scores; a run already at ``steps`` prints one line saying so instead.
@@ -545,7 +710,14 @@ def fit(
         objective.prepare(model)
     extra = {**getattr(objective, "metadata", lambda _: {})(model), **(metadata or {})}
     check_json("metadata", extra)
-    source = _batches(data, config)
+    steps, batch_size = config.steps, config.batch_size
+    mesh = _data_mesh(mesh, batch_size)
+    batch_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec("data"))
+    # a mesh over several processes: each places (and an iterable yields) only its rows of a batch
+    processes = batch_sharding is not None and not batch_sharding.is_fully_addressable
+    if key is None:
+        key = _default_key(config.seed)
+    source = _batches(data, config, _process_rows(batch_sharding, batch_size) if processes else None, key)
     settings = {**getattr(objective, "settings", {}), "num_examples": source.num_examples}
     check_json("objective.settings", settings)
     clash = sorted(set(settings) & set(_CONFIG_NAMES))
@@ -554,8 +726,6 @@ def fit(
     leaves = jax.tree.leaves(objective)
     if len(leaves) == 1 and leaves[0] is objective:  # a function: static in the step
         objective = jax.tree_util.Partial(objective)
-    steps, batch_size = config.steps, config.batch_size
-    mesh = _data_mesh(mesh, batch_size)
     keep_checkpoints = positive_int("keep_checkpoints", keep_checkpoints)
     checkpoint_every = positive_int("checkpoint_every", checkpoint_every or max(1, steps // 10))
 
@@ -566,7 +736,10 @@ def fit(
             raise TypeError("checkpointing needs a format: pass fmt= or an objective with a `format`")
         checkpoint_dir = Path(checkpoint_dir)
         network_metadata(model, fmt, None)  # an unregistered class fails now, not after training
-        _prepare_checkpoint_dir(checkpoint_dir, overwrite)
+        # every process checks the folder; one deletes, then all read it
+        _prepare_checkpoint_dir(checkpoint_dir, overwrite, remove=not processes or jax.process_index() == 0)
+        if processes:
+            multihost_utils.sync_global_devices(f"numpyro_wjs.fit: {checkpoint_dir} prepared")
         previous = _previous_settings(checkpoint_dir, fmt)
     config = dataclasses.replace(
         config,
@@ -587,17 +760,13 @@ def fit(
 
     if mesh is not None:
         replicated = NamedSharding(mesh, PartitionSpec())
-        batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     else:
         replicated = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        batch_sharding = None
     nodes = (model, opt) if ema_model is None else (model, opt, ema_model)
     state = nnx.state(nodes)
     if jax.process_count() > 1:  # restored weights sit on one local device; a mesh over processes takes host copies
         state = jax.device_get(state)
     nnx.update(nodes, jax.device_put(state, replicated))
-    if key is None:
-        key = jax.random.split(jax.random.key(config.seed))[0]
     step_fn = functools.partial(
         nnx.cached_partial(fit_step, model, opt, ema_model),
         jax.device_put(objective, replicated),
@@ -607,7 +776,10 @@ def fit(
 
     def run_step(step: int) -> jax.Array:
         picked = None if source.pick is None else source.pick(step)
-        if source.arrays is None:
+        if processes and source.arrays is None:  # this process's rows -> the global batch
+            picked = jax.tree.map(lambda rows: jax.make_array_from_process_local_data(
+                batch_sharding, rows, (batch_size, *rows.shape[1:])), picked)
+        elif source.arrays is None:
             picked = jax.device_put(picked, batch_sharding or replicated)
         return step_fn(picked, key, jnp.int32(step))
 
@@ -710,17 +882,18 @@ def check_outside_package(directory: Path, name: str) -> None:
         )
 
 
-def _prepare_checkpoint_dir(directory: Path, overwrite: bool) -> None:
+def _prepare_checkpoint_dir(directory: Path, overwrite: bool, remove: bool = True) -> None:
     """Refuse (or, with ``overwrite``, clear) a training folder that is not ours to resume.
 
-    Removes the temporary folders of saves that were killed midway.
+    Removes the temporary folders of saves that were killed midway. Without ``remove``
+    (every process but one of a run over several), only checks.
     """
     check_outside_package(directory, "checkpoint_dir")
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint_dir {directory} exists and is not a directory")
     if not directory.is_dir():
         return
-    for entry in directory.iterdir():
+    for entry in directory.iterdir() if remove else ():
         if ocp.utils.is_tmp_checkpoint(entry):
             shutil.rmtree(entry, ignore_errors=True)
     if not overwrite:
@@ -731,7 +904,7 @@ def _prepare_checkpoint_dir(directory: Path, overwrite: bool) -> None:
                 "(CLI: --overwrite)"
             )
         return
-    for target in [*(directory / name for name in SAVED_MODEL_ENTRIES), *step_paths(directory)]:
+    for target in [*(directory / name for name in SAVED_MODEL_ENTRIES), *step_paths(directory)] if remove else ():
         if target.is_dir():
             shutil.rmtree(target)
         else:

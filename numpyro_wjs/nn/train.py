@@ -54,6 +54,7 @@ from numpyro_wjs.nn.checkpoints import (
 from numpyro_wjs.nn.denoisers import Denoiser, edm_preconditioning, is_noise_conditional
 from numpyro_wjs.nn.fit import (
     Evaluation,
+    ProcessBatches,
     TrainConfig,
     check_outside_package,
     ema_update,
@@ -497,7 +498,12 @@ def train_denoiser(
         Clean training samples (floating point, finite): one array, or an iterable of
         batches (a generator, a Grain or tf.data pipeline; anything ``np.asarray``
         converts) yielding at least ``steps`` batches. A resumed run reads an iterable
-        from where it stands: position it at the resumed step for an exact resume.
+        from where it stands: position it at the resumed step for an exact resume. On
+        a ``mesh`` over several processes an iterable yields each process's rows of
+        every batch (``batch_size / jax.process_count()`` on a mesh of
+        ``jax.devices()``), or pass ``numpyro_wjs.nn.fit.process_batches(x, config)``
+        (``config``: a ``TrainConfig`` with this ``steps``, ``batch_size`` and ``seed``):
+        each process reads only its rows of the batches drawn from ``x``.
     sigma : float or (float, float)
         Training noise level; a range ``(lo, hi)`` for a noise-conditional network,
         sampled log-uniformly per example.
@@ -558,6 +564,8 @@ def train_denoiser(
         level to the held-out MSE.
     mesh : jax.sharding.Mesh, optional
         Device mesh with an axis ``'data'``; default: all local devices if more than one.
+        A mesh over the devices of several processes (``jax.distributed``) trains
+        data-parallel across them; see ``fit``.
 
     Returns
     -------
@@ -595,7 +603,11 @@ def train_denoiser(
     sigma = _valid_sigma(sigma)
     _check_sigma(model, sigma)
     objective = DenoisingLoss(sigma, noise_levels)
-    if is_batch_stream(data):
+    if isinstance(data, ProcessBatches):
+        if not isinstance(data.arrays, np.ndarray):
+            raise TypeError(f"process_batches for train_denoiser needs one array, got {type(data.arrays).__name__}")
+        _check_data(model, data.arrays[:1], "data")  # the rows read are checked for NaN as they are read
+    elif is_batch_stream(data):
         batches = iter(data)
         first = next(batches, None)
         if first is None:
