@@ -9,8 +9,9 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC
 
-from numpyro_wjs import MALA, ULA, GibbsWalkJump, UnderdampedLangevin, WalkJump
-from numpyro_wjs.core import gibbs, langevin, walkjump
+from numpyro_wjs import MALA, SGHMC, SGLD, ULA, GibbsWalkJump, UnderdampedLangevin, WalkJump
+from numpyro_wjs.core import gibbs, langevin, malt, sgld, walkjump
+from numpyro_wjs.infer.malt import MALT
 from numpyro_wjs.infer.base import KernelState
 from numpyro_wjs.targets import GaussianMixture
 
@@ -22,6 +23,15 @@ def model():
     numpyro.sample("s", dist.LogNormal(0.0, 0.5))
 
 
+Y = jnp.linspace(-1.0, 3.0, 50)
+
+
+def subsampled_model():
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", 50, subsample_size=10):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=numpyro.subsample(Y, event_dim=0))
+
+
 KERNELS = {
     "ULA": (lambda: ULA(model), langevin.LangevinState, {}),
     "MALA": (lambda: MALA(model), langevin.LangevinState, {}),
@@ -29,6 +39,9 @@ KERNELS = {
     "WalkJump": (lambda: WalkJump(GM.denoiser(1.0), sigma=1.0), walkjump.WalkJumpState,
                  {"init_params": jnp.zeros((2, 1))}),
     "GibbsWalkJump": (lambda: GibbsWalkJump(model), gibbs.GibbsWalkJumpState, {}),
+    "MALT": (lambda: MALT(model), malt.MALTState, {}),
+    "SGLD": (lambda: SGLD(subsampled_model, control_variates=True), sgld.SGLDState, {}),
+    "SGHMC": (lambda: SGHMC(subsampled_model), sgld.SGHMCState, {}),
 }
 
 

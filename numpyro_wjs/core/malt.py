@@ -137,9 +137,10 @@ class MALTInfo(NamedTuple):
     """The velocity at the end point (for ChEES)."""
 
 
-def malt_init(z: Array, logdensity_fn: LogDensityFn) -> MALTState:
-    """Initial state: ``-log p`` and the score at the flat position ``z``."""
-    logp, score = jax.value_and_grad(logdensity_fn)(z)
+def malt_init(z, logdensity_fn: LogDensityFn) -> MALTState:
+    """Initial state: ``-log p`` and the score at ``z`` (a flat position, or a pytree whose
+    ``ravel_pytree`` ``logdensity_fn`` takes)."""
+    logp, score = jax.value_and_grad(logdensity_fn)(ravel_pytree(z)[0])
     return MALTState(z, -logp, score)
 
 

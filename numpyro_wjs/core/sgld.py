@@ -1,6 +1,6 @@
 """Pure JAX stochastic-gradient Langevin steps: SGLD, pSGLD, SGHMC (BAOAB), SGLD-CV.
 
-A stochastic gradient is a function ``grad_fn(rng_key, z) -> g~(z)`` of a key (which
+A stochastic gradient is a function ``grad_fn(rng_key, x) -> g~(x)`` of a key (which
 draws the minibatch) and a flat ``(d,)`` position, unbiased for ``grad log p(z)``:
 for ``N`` data and a minibatch ``S`` of size ``B``,
 ``g~(z) = grad log p0(z) + (N / B) sum_{i in S} grad log p(x_i | z)``
@@ -39,11 +39,12 @@ Example
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import random
+from jax.flatten_util import ravel_pytree
 
 from numpyro_wjs.core.langevin import (
     Metric,
@@ -117,12 +118,18 @@ def rmsprop_metric(square_avg: Array, params: RMSProp) -> Metric:
 class SGLDState(NamedTuple):
     """State of (preconditioned) stochastic-gradient Langevin dynamics."""
 
-    z: Array
-    """Flat ``(d,)`` position."""
+    z: Any
+    """Position: a flat ``(d,)`` array or a pytree (``grad_fn`` and the flat fields act on its
+    ``ravel_pytree``)."""
     score: Array
     """``g~(z)``: the stochastic gradient at ``z`` on the minibatch drawn when ``z`` was reached."""
-    square_avg: Array | None
+    square_avg: Array | None = None
     """pSGLD's running mean ``V`` of ``g~ * g~`` (``None`` without preconditioner)."""
+    centre: Array | None = None
+    """SGLD-CV's centre ``z_hat`` (flat; ``None`` without control variates): the caller
+    builds ``grad_fn`` as ``control_variate(g, centre, centre_grad)``; the steps carry it."""
+    centre_grad: Array | None = None
+    """The full-data gradient at ``centre``."""
 
 
 class SGInfo(NamedTuple):
@@ -132,12 +139,12 @@ class SGInfo(NamedTuple):
     """The new position or its gradient was non-finite; the step was discarded."""
 
 
-def sgld_init(rng_key: Array, z: Array, grad_fn: GradFn, rmsprop: RMSProp | None = None) -> SGLDState:
+def sgld_init(rng_key: Array, z: Any, grad_fn: GradFn, rmsprop: RMSProp | None = None) -> SGLDState:
     """Initial state: ``g~(z)`` on a fresh minibatch; pSGLD's ``V`` starts at ``g~ * g~``.
 
     (Li et al. start from ``V = 0``, which makes the first preconditioner ``1 / lam``.)
     """
-    g = grad_fn(rng_key, z)
+    g = grad_fn(rng_key, ravel_pytree(z)[0])
     return SGLDState(z, g, None if rmsprop is None else g * g)
 
 
@@ -171,35 +178,41 @@ def sgld_step(
     if rmsprop is not None:
         square_avg = rmsprop_update(square_avg, state.score, rmsprop)
         metric = rmsprop_metric(square_avg, rmsprop)
-    z = langevin_proposal(key_noise, state.z, state.score, step_size, metric)
-    g = grad_fn(key_batch, z)
-    return _keep_finite(SGLDState(z, g, square_avg), state, z, g)
+    x, unravel = ravel_pytree(state.z)
+    x = langevin_proposal(key_noise, x, state.score, step_size, metric)
+    g = grad_fn(key_batch, x)
+    return _keep_finite(state._replace(z=unravel(x), score=g, square_avg=square_avg), state, x, g)
 
 
 # --------------------------------------------------------------------------- SGHMC (BAOAB)
 class SGHMCState(NamedTuple):
     """State of stochastic-gradient underdamped Langevin (BAOAB with ``g~``)."""
 
-    z: Array
-    """Flat ``(d,)`` position."""
+    z: Any
+    """Position (a flat array or a pytree, as ``SGLDState.z``)."""
     velocity: Array
-    """Momentum ``v ~ N(0, M)``, ``M = C^{-1}``; kept across steps."""
+    """Flat momentum ``v ~ N(0, M)``, ``M = C^{-1}``; kept across steps."""
     score: Array
     """``g~(z)`` on the minibatch drawn when ``z`` was reached; the next step's first half kick."""
-    square_avg: Array | None
+    square_avg: Array | None = None
     """RMSprop's running mean ``V`` of ``g~ * g~`` (``None`` without preconditioner)."""
+    centre: Array | None = None
+    """As ``SGLDState.centre``."""
+    centre_grad: Array | None = None
+    """As ``SGLDState.centre_grad``."""
 
 
 def sghmc_init(
-    rng_key: Array, z: Array, grad_fn: GradFn, rmsprop: RMSProp | None = None, metric: Metric | None = None
+    rng_key: Array, z: Any, grad_fn: GradFn, rmsprop: RMSProp | None = None, metric: Metric | None = None
 ) -> SGHMCState:
     """Initial state: ``g~(z)``, ``V = g~ * g~`` with ``rmsprop``, and ``v ~ N(0, M)``."""
     key_batch, key_v = random.split(rng_key)
-    g = grad_fn(key_batch, z)
+    x = ravel_pytree(z)[0]
+    g = grad_fn(key_batch, x)
     square_avg = None if rmsprop is None else g * g
     if rmsprop is not None:
         metric = rmsprop_metric(square_avg, rmsprop)
-    return SGHMCState(z, draw_velocity(key_v, z, metric), g, square_avg)
+    return SGHMCState(z, draw_velocity(key_v, x, metric), g, square_avg)
 
 
 def sghmc_step(
@@ -233,9 +246,11 @@ def sghmc_step(
         old = rmsprop_metric(state.square_avg, rmsprop)
         metric = rmsprop_metric(square_avg, rmsprop)
         velocity = velocity * metric.mass_matrix_sqrt / old.mass_matrix_sqrt
-    z, v, g = baoab(key_noise, state.z, velocity, state.score, lambda x: grad_fn(key_batch, x), step_size, friction,
+    x, unravel = ravel_pytree(state.z)
+    x, v, g = baoab(key_noise, x, velocity, state.score, lambda y: grad_fn(key_batch, y), step_size, friction,
                     metric)
-    return _keep_finite(SGHMCState(z, v, g, square_avg), state, z, v, g)
+    new = state._replace(z=unravel(x), velocity=v, score=g, square_avg=square_avg)
+    return _keep_finite(new, state, x, v, g)
 
 
 # --------------------------------------------------------------------------- minibatch Metropolis ratio
@@ -258,8 +273,9 @@ def sgld_log_ratio(old: SGLDState, new: SGLDState, step_size, rmsprop: RMSProp |
     RMSprop.
     """
     _, c = _step_metric(old.square_avg, new.square_avg, rmsprop, metric)
-    dlogp = trapezoid_dlogp(old.z, old.score, new.z, new.score)
-    return langevin_log_ratio(old.z, old.score, new.z, new.score, dlogp, step_size, c)
+    x, x_new = ravel_pytree(old.z)[0], ravel_pytree(new.z)[0]
+    dlogp = trapezoid_dlogp(x, old.score, x_new, new.score)
+    return langevin_log_ratio(x, old.score, x_new, new.score, dlogp, step_size, c)
 
 
 def sghmc_log_ratio(old: SGHMCState, new: SGHMCState, step_size, rmsprop: RMSProp | None = None, metric=None) -> Array:
@@ -268,7 +284,8 @@ def sghmc_log_ratio(old: SGHMCState, new: SGHMCState, step_size, rmsprop: RMSPro
     velocity entering the step is rescaled as ``sghmc_step`` does under RMSprop."""
     c_old, c = _step_metric(old.square_avg, new.square_avg, rmsprop, metric)
     v = old.velocity if rmsprop is None else old.velocity * c.mass_matrix_sqrt / c_old.mass_matrix_sqrt
-    return baoab_log_ratio((old.z, v, old.score), (new.z, new.velocity, new.score), step_size, c)
+    x, x_new = ravel_pytree(old.z)[0], ravel_pytree(new.z)[0]
+    return baoab_log_ratio((x, v, old.score), (x_new, new.velocity, new.score), step_size, c)
 
 
 # --------------------------------------------------------------------------- control variates

@@ -172,11 +172,9 @@ class Setup:
     """The model's latent sites -> constrained values."""
     dynamic_support: bool = False
     """A support depends on other values: constrain by replaying the model."""
-
-
-def _initial_info(info_type, dtype):
-    """``info_type()`` (its defaults) as arrays: floats of ``dtype``, bools, ints."""
-    return jax.tree.map(lambda d: jnp.asarray(d, dtype if isinstance(d, float) else None), info_type())
+    options: Any = None
+    """What a kernel derives from the model arguments (``Kernel._options``; SGLD: the
+    subsample plates)."""
 
 
 class Kernel(MCMCKernel):
@@ -261,13 +259,14 @@ class Kernel(MCMCKernel):
             rng_key, vectorized, init_params, model_args, model_kwargs
         )
         adaptation = self._adaptation(num_warmup, example)
-        self._setup = setup = Setup(num_warmup, vectorized, adaptation, *model_fns)
+        options = self._options(model_args, model_kwargs or {})
+        self._setup = setup = Setup(num_warmup, vectorized, adaptation, *model_fns, options=options)
 
         def init_one(z, key):
             adapt_state = adaptation.init(z, key, self._step_size, self._inverse_mass_matrix)
             source = self._source(z, model_args, model_kwargs)
             state, key = self._init_state(z, key, source, adaptation.metric(adapt_state))
-            info = _initial_info(self._info_type, jnp.result_type(*jax.tree.leaves(z)))
+            info = self._initial_info(z)
             mean_info = jax.tree.map(lambda a: a.astype(info.acceptance_rate.dtype), info)
             return KernelState(jnp.array(0), state, info, mean_info, adapt_state, key)
 
@@ -313,6 +312,21 @@ class Kernel(MCMCKernel):
 
     def _step_state(self, s, source, warmup):
         raise NotImplementedError
+
+    def _step_keys(self, s: KernelState):
+        """The keys a step from ``s`` draws from: parts ``1..`` of
+        ``random.split(s.rng_key, _key_parts)`` (part 0 is the chain's next key)."""
+        return random.split(s.rng_key, self._key_parts)[1:]
+
+    def _options(self, model_args, model_kwargs):
+        """What the kernel derives from the model arguments at ``init`` (``Setup.options``)."""
+        return None
+
+    def _initial_info(self, z):
+        """The info before the first step: ``_info_type()``'s field defaults as arrays
+        (floats of the position's dtype)."""
+        dtype = jnp.result_type(*jax.tree.leaves(z))
+        return jax.tree.map(lambda d: jnp.asarray(d, dtype if isinstance(d, float) else None), self._info_type())
 
     def _metric(self, s) -> core.Metric:
         """The preconditioner ``C`` of a ``KernelState`` (or of an adaptation state)."""

@@ -6,14 +6,13 @@ The kernel shell around the Gibbs moves of ``numpyro_wjs.core.gibbs`` (walk
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import random
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.initialization import init_to_uniform
 
 from numpyro_wjs import validation
-from numpyro_wjs.core import gibbs
+from numpyro_wjs.core import gibbs, langevin
 from numpyro_wjs.infer.adaptation import ScalarAdaptation
 from numpyro_wjs.infer.base import Kernel, check_mass
 
@@ -145,11 +144,11 @@ class GibbsWalkJump(Kernel):
     def _init_state(self, z, rng_key, source, metric):
         rng_key, _, key_y = random.split(rng_key, 3)
         x = ravel_pytree(z)[0]
-        logp, g = jax.value_and_grad(source.logdensity)(x)
+        point = langevin.mala_init(z, source.logdensity)
         sigma = jnp.asarray(self._sigma0, x.dtype)
         y = gibbs.noise_step(key_y, x, sigma)
         sigma_state = ScalarAdaptation(0, self._target_hop).init(sigma)
-        return gibbs.GibbsWalkJumpState(z, y, -logp, g, sigma, sigma, sigma_state), rng_key
+        return gibbs.GibbsWalkJumpState(z, y, point.potential_energy, point.score, sigma, sigma, sigma_state), rng_key
 
     def _step_state(self, s, source, warmup):
         # while sigma is adapted (warmup) only the lower end of its range is used

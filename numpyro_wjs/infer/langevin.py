@@ -221,7 +221,7 @@ class MALA(_LangevinKernel):
     _default_adapt_mass_matrix = True
 
     def _step_state(self, s, source, warmup):
-        key = jax.random.split(s.rng_key)[1]
+        (key,) = self._step_keys(s)
         return core.mala_step(key, s.state, source.logdensity, s.adapt_state.step_size, self._metric(s))
 
 

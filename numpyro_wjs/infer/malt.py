@@ -118,10 +118,8 @@ class MALT(_LangevinKernel):
 
     def _init_state(self, z, rng_key, source, metric):
         rng_key, _, _ = jax.random.split(rng_key, 3)
-        x = ravel_pytree(z)[0]
-        logp, score = jax.value_and_grad(source.logdensity)(x)
-        length = core.length_init(x, self._trajectory_length or DEFAULT_TRAJECTORY_LENGTH)
-        return core.MALTState(z, -logp, score, length), rng_key
+        length = core.length_init(ravel_pytree(z)[0], self._trajectory_length or DEFAULT_TRAJECTORY_LENGTH)
+        return core.malt_init(z, source.logdensity)._replace(length=length), rng_key
 
     def _step_state(self, s, source, warmup):
         h, metric, adapt = s.adapt_state.step_size, self._metric(s), s.state.length
@@ -132,7 +130,7 @@ class MALT(_LangevinKernel):
             u = core.van_der_corput(s.i)
             num_steps = core.jittered_num_steps(u, length, h, self._max_num_steps)
         friction = core.friction_from_length(length) if self._friction is None else self._friction
-        kept, info = core.malt_step(jax.random.split(s.rng_key)[1], s.state, source.logdensity, h, num_steps,
+        kept, info = core.malt_step(self._step_keys(s)[0], s.state, source.logdensity, h, num_steps,
                                     friction, metric)
         if self._adapt_length:
             x = ravel_pytree(s.state.z)[0]

@@ -12,58 +12,103 @@ model, run warmup and keep the state.
 from __future__ import annotations
 
 import warnings
-from collections import namedtuple
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import random, vmap
+from jax import random
 from jax.flatten_util import ravel_pytree
 from numpyro.handlers import seed, substitute
 from numpyro.infer.gibbs import prototype_trace
+from numpyro.infer.hmc_util import HMCAdaptState
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import potential_energy
-from numpyro.util import is_prng_key
 
 from numpyro_wjs import validation
 from numpyro_wjs.core import langevin, metropolis
 from numpyro_wjs.core import sgld as core
-from numpyro_wjs.infer import numpyro_hooks
 from numpyro_wjs.infer.adaptation import StepAdaptation
-from numpyro_wjs.infer.base import Kernel, as_float, split_keys
-from numpyro_wjs.infer.sources import check_finite_start, init_model
+from numpyro_wjs.infer.base import Kernel, KernelState
+from numpyro_wjs.infer.sources import check_finite_start
 
-__all__ = ["SGHMC", "SGLD", "SGHMCState", "SGLDState", "subsample_plates"]
+__all__ = ["SGHMC", "SGLD", "NoiseLimitedAdaptation", "SGAdaptState", "SGStats", "subsample_plates"]
 
-_FIELDS = [
-    "i", "z", "score", "square_avg", "step_size", "minibatch_size", "accept_prob", "diverging",
-    "adapt_state", "noise_var", "centre", "centre_grad", "rng_key",
-]
+Array = jax.Array
 
-SGLDState = namedtuple("SGLDState", _FIELDS)
-"""State of ``SGLD``.
+class SGStats(NamedTuple):
+    """What a step of ``SGLD`` / ``SGHMC`` did (``KernelState.info``); the defaults are the
+    info before the first step."""
 
-- **i**: iteration (continues after warmup).
-- **z**: current position (unconstrained values of the model's latent sites).
-- **score**: flat stochastic gradient ``g~(z)`` (control-variate estimate with
-  ``control_variates=True``) on the minibatch drawn when ``z`` was reached.
-- **square_avg**: RMSprop's running mean of ``g~ * g~`` (``None`` without it).
-- **step_size**: ``h`` of the last step (ArviZ ``sample_stats`` ``step_size``).
-- **minibatch_size**: data rows drawn per step, summed over subsample plates.
-- **accept_prob**: during adapted warmup, the minibatch Metropolis acceptance of the
-  last step (applied); 1 after warmup (nothing is rejected).
-- **diverging**: the last step was non-finite (or, during warmup, its minibatch energy
-  error exceeded ``metropolis.MAX_LOG_ACCEPT_DROP``); it was discarded.
-- **adapt_state**: dual averaging of the warmup step (``HMCAdaptState``).
-- **noise_var**: running mean over the second half of warmup of the per-coordinate
-  gradient-noise variance (``core.sgld.noise_variance``).
-- **centre**, **centre_grad**: the control-variate centre and the full-data gradient
-  there (``None`` without control variates).
-- **rng_key**: random key.
-"""
+    acceptance_rate: Array = 1.0
+    """During adapted warmup, the minibatch Metropolis acceptance of the step (applied); 1
+    after warmup (nothing is rejected)."""
+    diverging: Array = False
+    """The step was non-finite (or, during warmup, its minibatch energy error exceeded
+    ``metropolis.MAX_LOG_ACCEPT_DROP``); it was discarded."""
+    step_size: Array = 0.0
+    """``h`` of the step (ArviZ ``sample_stats`` ``step_size``)."""
+    minibatch_size: Array = 0
+    """Data rows drawn per step, summed over subsample plates."""
+    noise_var: Array | None = None
+    """During adapted warmup, the per-coordinate gradient-noise variance measured at the
+    step's start (``core.sgld.noise_variance`` of two independent minibatch gradients);
+    zeros otherwise."""
 
-SGHMCState = namedtuple("SGHMCState", _FIELDS[:2] + ["velocity"] + _FIELDS[2:])
-"""State of ``SGHMC``: the fields of ``SGLDState`` and **velocity** (flat, kept across steps)."""
+
+class SGAdaptState(NamedTuple):
+    """Warmup state of ``SGLD`` / ``SGHMC`` (``KernelState.adapt_state``)."""
+
+    step_size: Array
+    """The step of the next sampling step: the warmup's result (before a schedule)."""
+    dual: HMCAdaptState
+    """Dual averaging of the warmup step and the diagonal mass matrix (NumPyro's
+    ``warmup_adapter`` through ``StepAdaptation``)."""
+    noise_var: Array
+    """Running mean over the second half of warmup of ``SGStats.noise_var``."""
+
+
+@dataclass(frozen=True)
+class NoiseLimitedAdaptation:
+    """The stochastic-gradient warmup as an adaptation component.
+
+    ``steps`` (a ``StepAdaptation``) tunes the minibatch-Metropolis warmup step by dual
+    averaging and, with ``adapt_mass``, a diagonal ``C``; the gradient-noise variance is
+    averaged over the second half of warmup, and the last warmup step sets the sampling
+    step to ``min(h_DA, core.sgld.noise_limited_step(...))``.
+    """
+
+    steps: StepAdaptation
+    inflation: float
+    friction: float | None
+    rmsprop: core.RMSProp | None
+    adapt_mass: bool
+
+    def init(self, z, rng_key, step_size, inverse_mass_matrix=None) -> SGAdaptState:
+        x = ravel_pytree(z)[0]
+        dual = self.steps.init(x, rng_key, step_size, inverse_mass_matrix)
+        return SGAdaptState(jnp.asarray(step_size, x.dtype), dual, jnp.zeros_like(x))
+
+    def update(self, i, info: SGStats, state, square_avg, adapt_state: SGAdaptState) -> SGAdaptState:
+        """After warmup step ``i`` to ``state`` (``square_avg``: RMSprop's ``V`` there)."""
+        w = self.steps.num_warmup
+        dual = self.steps.update(i, info.acceptance_rate, ravel_pytree(state.z)[0], adapt_state.dual, True)
+        n = jnp.maximum(i - w // 2 + 1, 1)
+        noise_var = jnp.where(i >= w // 2, adapt_state.noise_var + (info.noise_var - adapt_state.noise_var) / n,
+                              adapt_state.noise_var)
+        if self.rmsprop is not None:
+            c = core.rmsprop_metric(square_avg, self.rmsprop).inverse_mass_matrix
+        else:
+            c = dual.inverse_mass_matrix if self.adapt_mass else None
+        h_noise = core.noise_limited_step(noise_var, c, self.inflation, self.friction)
+        step_size = jnp.where(i == w - 1, jnp.minimum(dual.step_size, h_noise), dual.step_size)
+        return SGAdaptState(step_size.astype(noise_var.dtype), dual, noise_var)
+
+    def metric(self, state: SGAdaptState):
+        """The adapted diagonal ``C`` (``None``: identity, or RMSprop's, set by the core step)."""
+        return self.steps.metric(state.dual) if self.adapt_mass else None
 
 
 def subsample_plates(kernel: str, model, model_args, model_kwargs, rng_key) -> dict[str, tuple[int, int]]:
@@ -119,9 +164,13 @@ def _check_schedule(schedule) -> Callable | None:
 
 
 class _SGKernel(Kernel):
-    """Shared by SGLD and SGHMC: the model's minibatch gradient, warmup and the state."""
+    """Shared by SGLD and SGHMC on the generic shell: the model's minibatch gradient, the
+    warmup step (minibatch Metropolis) and the sampling step (unadjusted)."""
 
     _friction = None
+    _info_type = SGStats
+    _key_parts = 4
+    _target_fields = ("score",)
 
     def __init__(
         self,
@@ -145,8 +194,8 @@ class _SGKernel(Kernel):
             raise ValueError(f"{name} needs `model`: a NumPyro model with a subsample plate.")
         validation.check_callable(name, "model", model)
         self._model, self._init_strategy = model, init_strategy
-        self._initial_step = validation.positive("step_size", step_size)
-        self._adapt = bool(adapt_step_size)
+        self._step_size = validation.positive("step_size", step_size)
+        self._tune = bool(adapt_step_size)  # not `_adapt_step_size`: the noise rule may shrink h on purpose
         self._target_accept_prob = validation.probability("target_accept_prob", target_accept_prob)
         self._variance_inflation = validation.positive("variance_inflation", variance_inflation)
         if preconditioner not in (None, "rmsprop"):
@@ -177,55 +226,9 @@ class _SGKernel(Kernel):
     def get_diagnostics_str(self, state):
         return f"step size {float(jnp.max(state.step_size)):.2e}, minibatch {int(jnp.max(state.minibatch_size))}"
 
-    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
-        name = type(self).__name__
-        model_kwargs = model_kwargs or {}
-        self._num_warmup = num_warmup
-        self._vectorized = not is_prng_key(rng_key)
-        rng_key, key_model = split_keys(rng_key, 2)
-        one_key = key_model[0] if self._vectorized else key_model
-        self._plates = subsample_plates(name, self._model, model_args, model_kwargs, one_key)
-        # the fixed seed lets postprocess_fn replay the model (deterministic sites) with its plates
-        init_params, _, self._postprocess_fn_gen, transforms = init_model(
-            key_model, seed(self._model, 0), self._init_strategy, model_args, model_kwargs, init_params
-        )
-        self._inv_transforms, self._dynamic_support = transforms
-        init_params = as_float(init_params)
-        example = jax.tree.map(lambda a: a[0], init_params) if self._vectorized else init_params
-        x0 = ravel_pytree(example)[0]
-        self._adaptation = StepAdaptation(
-            num_warmup, x0, adapt_step_size=True, adapt_mass_matrix=self._adapt_mass,
-            target_accept_prob=self._target_accept_prob,
-        )
-        minibatch_size = sum(b for _, b in self._plates.values())
-
-        def init_one(z, key):
-            key, key_core, key_wa = random.split(key, 3)
-            x = ravel_pytree(z)[0]
-            centre = centre_grad = None
-            if self._control_variates:
-                centre, centre_grad = x, self._full_grad(x, example, model_args, model_kwargs)
-            grad_fn = self._grad_fn(example, model_args, model_kwargs, centre, centre_grad)
-            zero = jnp.zeros((), x.dtype)
-            fields = {
-                "i": jnp.array(0), "z": z, "step_size": jnp.asarray(self._initial_step, x.dtype),
-                "minibatch_size": jnp.array(minibatch_size), "accept_prob": zero, "diverging": jnp.array(False),
-                "adapt_state": self._adaptation.init(x, key_wa, self._initial_step),
-                "noise_var": jnp.zeros_like(x), "centre": centre,
-                "centre_grad": centre_grad, "rng_key": key,
-            }
-            return self._init_state(fields, key_core, x, grad_fn)
-
-        numpyro_hooks.mark_initialised(self, self.sample)
-        state = jax.jit(vmap(init_one) if self._vectorized else init_one)(init_params, rng_key)
-        check_finite_start(
-            name, state.score, problem="the minibatch gradient is not finite at the initial point",
-            fix="Choose `init_params` inside the support, or check the model.",
-        )
-        return state
-
     def postprocess_fn(self, args, kwargs):
-        fn = self._postprocess_fn_gen(*args, **kwargs)
+        # the fixed seed lets the replay of the model (deterministic sites) draw its plates' indices
+        fn = seed(super().postprocess_fn(args, kwargs), 0)
 
         def quiet(z):
             with warnings.catch_warnings():
@@ -237,10 +240,31 @@ class _SGKernel(Kernel):
     def refresh(self, state, model_args, model_kwargs):
         raise ValueError(f"{type(self).__name__} cannot be a block of numpyro.infer.Gibbs.")
 
-    # -- the model's gradients ---------------------------------------------------
-    def _potential(self, example, model_args, model_kwargs):
+    def sample(self, state, model_args, model_kwargs):
+        """With control variates, the centre first moves to the chain at warmup steps
+        ``W/8, W/4, W/2`` (``_recentre_steps``); then the shell's step."""
+        if self._control_variates:
+            i = state.i[0] if self._setup.vectorized else state.i
+            due = jnp.any(jnp.array([i == k for k in self._recentre_steps()] + [False]))
+            state = jax.lax.cond(due, lambda s: self._recentre(s, model_args, model_kwargs), lambda s: s, state)
+        return super().sample(state, model_args, model_kwargs)
+
+    # -- the shell's hooks ---------------------------------------------------------
+    def _options(self, model_args, model_kwargs):
+        """The subsample plates ``{name: (N, B)}`` (checked: ``subsample_plates``)."""
+        return subsample_plates(type(self).__name__, self._model, model_args, model_kwargs, random.key(0))
+
+    def _adaptation(self, num_warmup, example):
+        steps = StepAdaptation(
+            num_warmup, ravel_pytree(example)[0], adapt_step_size=True, adapt_mass_matrix=self._adapt_mass,
+            target_accept_prob=self._target_accept_prob,
+        )
+        return NoiseLimitedAdaptation(steps, self._variance_inflation, self._friction, self._rmsprop,
+                                      self._adapt_mass)
+
+    def _source(self, z, model_args, model_kwargs):
         """``(x_flat, indices) -> -log p_S(x)``: the model with its plates' indices substituted."""
-        unravel = ravel_pytree(example)[1]
+        unravel = ravel_pytree(z)[1]
 
         def pe(x, indices):
             with warnings.catch_warnings():  # full-data indices: NumPyro warns the size differs
@@ -249,121 +273,109 @@ class _SGKernel(Kernel):
 
         return pe
 
-    def _grad_fn(self, example, model_args, model_kwargs, centre=None, centre_grad=None) -> core.GradFn:
+    def _initial_info(self, z):
+        info = super()._initial_info(z)
+        return info._replace(noise_var=jnp.zeros_like(ravel_pytree(z)[0]))
+
+    def _init_state(self, z, rng_key, source, metric):
+        key, key_core = random.split(rng_key)
+        x = ravel_pytree(z)[0]
+        centre = centre_grad = None
+        if self._control_variates:
+            centre, centre_grad = x, self._full_grad(source, x)
+        state = self._core_init(key_core, z, self._grad_fn(source, centre, centre_grad), metric)
+        return state._replace(centre=centre, centre_grad=centre_grad), key
+
+    def _check_start(self, state) -> None:
+        check_finite_start(
+            type(self).__name__, state.score, problem="the minibatch gradient is not finite at the initial point",
+            fix="Choose `init_params` inside the support, or check the model.",
+        )
+
+    def _step_state(self, s: KernelState, source, warmup):
+        grad_fn = self._grad_fn(source, s.state.centre, s.state.centre_grad)
+        if not self._tune:
+            return self._sampling_step(s, grad_fn)
+        return jax.lax.cond(warmup, partial(self._warmup_step, grad_fn=grad_fn),
+                            partial(self._sampling_step, grad_fn=grad_fn), s)
+
+    def _adapt(self, s: KernelState, new, info, warmup):
+        """During adapted warmup: the adaptation update, then ``_after_warmup_step``."""
+        if not self._tune:
+            return new, s.adapt_state
+
+        def update(new):
+            adaptation = self._setup.adaptation
+            adapt_state = adaptation.update(s.i, info, new, new.square_avg, s.adapt_state)
+            key = random.fold_in(self._step_keys(s)[2], 1)
+            return self._after_warmup_step(new, adaptation.metric(adapt_state), key), adapt_state
+
+        return jax.lax.cond(warmup, update, lambda new: (new, s.adapt_state), new)
+
+    # -- the model's gradients ---------------------------------------------------
+    def _grad_fn(self, source, centre=None, centre_grad=None) -> core.GradFn:
         """``(key, x) -> g~(x)``: a fresh minibatch per key; control variates around ``centre``."""
-        pe = self._potential(example, model_args, model_kwargs)
+        plates = self._setup.options
 
         def grad_fn(key, x):
-            keys = random.split(key, len(self._plates))
-            idx = {n: core.minibatch(k, size, b, self._replace) for k, (n, (size, b)) in zip(keys, self._plates.items())}
-            return -jax.grad(pe)(x, idx)
+            keys = random.split(key, len(plates))
+            idx = {n: core.minibatch(k, size, b, self._replace) for k, (n, (size, b)) in zip(keys, plates.items())}
+            return -jax.grad(source)(x, idx)
 
-        if centre is None:
-            return grad_fn
-        return core.control_variate(grad_fn, centre, centre_grad)
+        return grad_fn if centre is None else core.control_variate(grad_fn, centre, centre_grad)
 
-    def _full_grad(self, x, example, model_args, model_kwargs):
+    def _full_grad(self, source, x):
         """``grad log p(x)`` on all the data (every plate's indices ``0..N-1``; no scaling)."""
-        idx = {n: jnp.arange(size) for n, (size, _) in self._plates.items()}
-        return -jax.grad(self._potential(example, model_args, model_kwargs))(x, idx)
+        return -jax.grad(source)(x, {n: jnp.arange(size) for n, (size, _) in self._setup.options.items()})
+
+    def _minibatch_size(self):
+        return jnp.array(sum(b for _, b in self._setup.options.values()))
 
     # -- steps ---------------------------------------------------------------------
     def _recentre_steps(self) -> list[int]:
         """Warmup steps ``W/8, W/4, W/2`` at which the control-variate centre moves."""
-        w = self._num_warmup
+        w = self._setup.num_warmup
         return sorted({k for k in (w // 8, w // 4, w // 2) if k >= 1})
-
-    def sample(self, state, model_args, model_kwargs):
-        if self._control_variates:
-            i = state.i[0] if self._vectorized else state.i
-            due = jnp.any(jnp.array([i == k for k in self._recentre_steps()] + [False]))
-            state = jax.lax.cond(due, lambda s: self._recentre(s, model_args, model_kwargs), lambda s: s, state)
-
-        def step(s, warmup):
-            return self._step(s, model_args, model_kwargs, warmup)
-
-        # one unbatched warmup flag for vectorized chains (they move in lockstep), as Kernel.sample
-        i = state.i[0] if self._vectorized else state.i
-        warmup = i < self._num_warmup
-        return vmap(step, in_axes=(0, None))(state, warmup) if self._vectorized else step(state, warmup)
 
     def _recentre(self, state, model_args, model_kwargs):
         """The control-variate centre moved to the current position, with its full-data gradient."""
         def one(s):
-            x = ravel_pytree(s.z)[0]
-            grad = self._full_grad(x, s.z, model_args, model_kwargs)
-            return s._replace(centre=x, centre_grad=grad, score=grad)
+            x = ravel_pytree(s.state.z)[0]
+            grad = self._full_grad(self._source(s.state.z, model_args, model_kwargs), x)
+            return s._replace(state=s.state._replace(centre=x, centre_grad=grad, score=grad))
 
-        return vmap(one)(state) if self._vectorized else one(state)
+        return jax.vmap(one)(state) if self._setup.vectorized else one(state)
 
-    def _step(self, state, model_args, model_kwargs, warmup):
-        grad_fn = self._grad_fn(state.z, model_args, model_kwargs, state.centre, state.centre_grad)
-        if not self._adapt:
-            return self._sampling_step(state, grad_fn, self._initial_step)
-        return jax.lax.cond(
-            warmup,
-            lambda s: self._warmup_step(s, grad_fn),
-            lambda s: self._sampling_step(s, grad_fn, s.step_size),
-            state,
-        )
+    def _sampling_step(self, s, grad_fn):
+        """One unadjusted step with ``h = h_warmup * decay(t)``, ``t`` the sampling step."""
+        key = self._step_keys(s)[0]
+        h = s.adapt_state.step_size
+        if self._decay is not None:  # decay(0) = 1
+            h = h * self._decay(jnp.maximum(s.i - self._setup.num_warmup, 0))
+        h = jnp.asarray(h, s.state.score.dtype)
+        new, info = self._core_step(key, s.state, grad_fn, h, self._metric(s))
+        return new, SGStats(jnp.ones((), h.dtype), info.diverging, h, self._minibatch_size(),
+                            jnp.zeros_like(s.state.score))
 
-    def _sampling_step(self, state, grad_fn, step_size):
-        """One unadjusted step with ``h = step_size * decay(t)``, ``t`` the sampling step."""
-        key_step, key_next = random.split(state.rng_key)
-        h = step_size
-        if self._decay is not None:  # h_t = h_{t-1} decay(t) / decay(t-1), decay(0) = 1
-            t = jnp.maximum(state.i - self._num_warmup, 0)
-            h = h * self._decay(t) / self._decay(jnp.maximum(t - 1, 0))
-        h = jnp.asarray(h, state.score.dtype)
-        new, info = self._core_step(key_step, self._core_state(state), grad_fn, h, self._metric(state.adapt_state))
-        one = jnp.ones((), state.score.dtype)
-        return self._next(state, new, i=state.i + 1, step_size=h, accept_prob=one, diverging=info.diverging, rng_key=key_next)
+    def _warmup_step(self, s, grad_fn):
+        """An adapted warmup step (``docs/kernels/sgld.md``): a Metropolis-adjusted step on
+        the minibatch target, the gradient noise measured at its start."""
+        key_step, key_batch, key_mh = self._step_keys(s)
+        h = s.adapt_state.dual.step_size
+        g_here = grad_fn(key_batch, ravel_pytree(s.state.z)[0])  # independent of s.state.score's minibatch
+        old = s.state._replace(score=g_here)
+        metric = self._metric(s)
+        new, _ = self._core_step(key_step, old, lambda k, x: grad_fn(key_batch, x), h, metric)
+        kept, info = metropolis.metropolis_hastings(key_mh, self._log_ratio(old, new, h, metric), new, old,
+                                                    *jax.tree.leaves(new))
+        noise = core.noise_variance(g_here, s.state.score)
+        return kept, SGStats(info.acceptance_rate, info.diverging, jnp.asarray(h, g_here.dtype),
+                             self._minibatch_size(), noise)
 
-    def _warmup_step(self, state, grad_fn):
-        """An adapted warmup step (``docs/kernels/sgld.md``): a minibatch-Metropolis step
-        tuned by dual averaging; the gradient-noise variance and the control-variate
-        centre are estimated on the side; the last step sets the sampling step."""
-        key_step, key_batch, key_mh, key_next = random.split(state.rng_key, 4)
-        i, x, h = state.i, ravel_pytree(state.z)[0], state.adapt_state.step_size
-        g_here = grad_fn(key_batch, x)  # independent of state.score's minibatch
-        old = self._core_state(state)._replace(score=g_here)
-        metric = self._metric(state.adapt_state)
-        new, _ = self._core_step(key_step, old, lambda k, z: grad_fn(key_batch, z), h, metric)
-        log_ratio = self._log_ratio(old, new, h, metric)
-        kept, info = metropolis.metropolis_hastings(key_mh, log_ratio, new, old, *jax.tree.leaves(new))
-        adapt_state = self._adaptation.update(i, info.acceptance_rate, kept.z, state.adapt_state, True)
-        kept = self._after_warmup_step(kept, info, metric, self._metric(adapt_state), random.fold_in(key_mh, 1))
+    def _after_warmup_step(self, state, metric, key):
+        return state
 
-        w = self._num_warmup
-        second_half = i >= w // 2
-        n_noise = jnp.maximum(i - w // 2 + 1, 1)
-        noise = core.noise_variance(g_here, state.score)
-        noise_var = jnp.where(second_half, state.noise_var + (noise - state.noise_var) / n_noise, state.noise_var)
-
-        if self._rmsprop is not None:
-            c = core.rmsprop_metric(kept.square_avg, self._rmsprop).inverse_mass_matrix
-        else:
-            c = None if not self._adapt_mass else adapt_state.inverse_mass_matrix
-        h_noise = core.noise_limited_step(noise_var, c, self._variance_inflation, self._friction)
-        step_size = jnp.where(i == w - 1, jnp.minimum(adapt_state.step_size, h_noise), adapt_state.step_size)
-        return self._next(
-            state, kept, i=i + 1, step_size=step_size.astype(x.dtype), accept_prob=info.acceptance_rate,
-            diverging=info.diverging, adapt_state=adapt_state, noise_var=noise_var, rng_key=key_next,
-        )
-
-    def _next(self, state, new, **fields):
-        unravel = ravel_pytree(state.z)[1]
-        core_fields = {k: v for k, v in new._asdict().items() if k != "z"}
-        return state._replace(z=unravel(new.z), **core_fields, **fields)
-
-    def _metric(self, adapt_state):
-        """The adapted diagonal ``C`` (``None``: identity, or RMSprop's, set by the core step)."""
-        return self._adaptation.metric(adapt_state) if self._adapt_mass else None
-
-    def _after_warmup_step(self, kept, info, old_metric, new_metric, key):
-        return kept
-
-    def _core_state(self, state):
+    def _core_init(self, key, z, grad_fn, metric):
         raise NotImplementedError
 
     def _core_step(self, key, core_state, grad_fn, h, metric):
@@ -453,12 +465,8 @@ class SGLD(_SGKernel):
     ((500,), Array(100, dtype=int32))
     """
 
-    def _init_state(self, fields, key, x, grad_fn):
-        c = core.sgld_init(key, x, grad_fn, self._rmsprop)
-        return SGLDState(score=c.score, square_avg=c.square_avg, **fields)
-
-    def _core_state(self, state):
-        return core.SGLDState(ravel_pytree(state.z)[0], state.score, state.square_avg)
+    def _core_init(self, key, z, grad_fn, metric):
+        return core.sgld_init(key, z, grad_fn, self._rmsprop)
 
     def _core_step(self, key, core_state, grad_fn, h, metric):
         return core.sgld_step(key, core_state, grad_fn, h, self._rmsprop, metric)
@@ -496,12 +504,8 @@ class SGHMC(_SGKernel):
         super().__init__(model, **kwargs)
         self._friction = validation.positive("friction", friction)
 
-    def _init_state(self, fields, key, x, grad_fn):
-        c = core.sghmc_init(key, x, grad_fn, self._rmsprop)
-        return SGHMCState(velocity=c.velocity, score=c.score, square_avg=c.square_avg, **fields)
-
-    def _core_state(self, state):
-        return core.SGHMCState(ravel_pytree(state.z)[0], state.velocity, state.score, state.square_avg)
+    def _core_init(self, key, z, grad_fn, metric):
+        return core.sghmc_init(key, z, grad_fn, self._rmsprop, metric)
 
     def _core_step(self, key, core_state, grad_fn, h, metric):
         return core.sghmc_step(key, core_state, grad_fn, h, self._friction, self._rmsprop, metric)
@@ -509,12 +513,12 @@ class SGHMC(_SGKernel):
     def _log_ratio(self, old, new, h, metric):
         return core.sghmc_log_ratio(old, new, h, self._rmsprop, metric)
 
-    def _after_warmup_step(self, kept, info, old_metric, new_metric, key):
+    def _after_warmup_step(self, state, metric, key):
         """A fresh velocity ``v ~ N(0, M)`` after every warmup step: warmup steps are then
         one-step HMC moves (full refresh), which stay stable while ``C`` is still far from
         the posterior's scale (before the first window, ``friction`` in the units of
         ``C = I`` can leave the dynamics underdamped by orders of magnitude)."""
         if self._rmsprop is not None:
-            new_metric = core.rmsprop_metric(kept.square_avg, self._rmsprop)
-        return kept._replace(velocity=langevin.draw_velocity(key, kept.velocity, new_metric))
+            metric = core.rmsprop_metric(state.square_avg, self._rmsprop)
+        return state._replace(velocity=langevin.draw_velocity(key, state.velocity, metric))
 
