@@ -334,6 +334,11 @@ def test_polynomial_schedule_from_the_tuned_step_and_arviz_sample_stats():
     np.testing.assert_allclose(h / h[0], (100.0 / (100.0 + np.arange(20))) ** 0.55, rtol=1e-4)
     stats = az.from_numpyro(mcmc)["sample_stats"]
     assert {"step_size", "minibatch_size", "diverging"} <= set(stats.data_vars)
+    # a fixed step decays from the given step_size
+    mcmc = MCMC(SGLD(gaussian_model, step_size=H, adapt_step_size=False, schedule=("polynomial", 10.0, 1.0)),
+                num_warmup=5, num_samples=20, progress_bar=False)
+    mcmc.run(jax.random.key(19), jnp.asarray(X), extra_fields=("step_size",))
+    np.testing.assert_allclose(mcmc.get_extra_fields()["step_size"], H * 10.0 / (10.0 + np.arange(20)), rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad input
