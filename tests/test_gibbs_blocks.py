@@ -25,7 +25,7 @@ from numpyro.infer.gibbs import GIBBS_SITES_KWARG, GibbsState, discrete_latent_s
 from numpyro.util import cond, identity
 
 from mc import assert_mean_close, assert_within
-from numpyro_wjs import MALA, ULA, GibbsWalkJump, GaussianMixture, UnderdampedLangevin, WalkJump
+from numpyro_wjs import MALA, SGHMC, SGLD, ULA, GibbsWalkJump, GaussianMixture, UnderdampedLangevin, WalkJump
 
 KERNELS = [ULA, MALA, UnderdampedLangevin, GibbsWalkJump]
 IDS = [k.__name__ for k in KERNELS]
@@ -392,3 +392,22 @@ def test_a_kernel_without_a_model_is_refused_as_a_block(make):
         Gibbs([(CustomGibbs(xy_gibbs_fn), ["x"]), (MALA(xy_model), ["y"]), (kernel, None)])
     with pytest.raises(ValueError, match=rf"{type(kernel).__name__} has no model to condition"):
         kernel.wrap_model(lambda m: m)
+
+
+# ------------------------------------------------------------- stochastic-gradient kernels
+def subsampled_model(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    with numpyro.plate("data", x.shape[0], subsample_size=10):
+        numpyro.sample("x", dist.Normal(mu, 1.0), obs=numpyro.subsample(x, event_dim=0))
+
+
+@pytest.mark.parametrize("kernel_cls", [SGLD, SGHMC], ids=["SGLD", "SGHMC"])
+def test_stochastic_gradient_kernels_are_refused_as_blocks(kernel_cls):
+    """NumPyro's Gibbs raises for any model with a subsample plate (only when it runs);
+    SGLD / SGHMC need one, so they are refused when the composite is built, saying why."""
+    with pytest.raises(ValueError, match="Gibbs refuses models with subsample plates"):
+        Gibbs([(kernel_cls(subsampled_model), None)])
+    # NumPyro's own refusal of such a model, which the message above stands in for
+    gibbs = Gibbs([(MALA(subsampled_model), None)])
+    with pytest.raises(ValueError, match="subsample plates"):
+        MCMC(gibbs, num_warmup=1, num_samples=1, progress_bar=False).run(jax.random.key(0), jnp.ones(20))

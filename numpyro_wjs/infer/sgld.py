@@ -237,8 +237,14 @@ class _SGKernel(Kernel):
 
         return quiet
 
-    def refresh(self, state, model_args, model_kwargs):
-        raise ValueError(f"{type(self).__name__} cannot be a block of numpyro.infer.Gibbs.")
+    def wrap_model(self, wrapper):
+        """Refused: ``numpyro.infer.Gibbs`` does not take models with subsample plates (it
+        raises for them), and these kernels need one."""
+        raise ValueError(
+            f"{type(self).__name__} cannot be a block of numpyro.infer.Gibbs: Gibbs refuses models with "
+            "subsample plates, which stochastic-gradient kernels need. Sample the whole model with "
+            f"{type(self).__name__}, or use full-data blocks (MALA, MALT, NUTS) in Gibbs."
+        )
 
     def sample(self, state, model_args, model_kwargs):
         """With control variates, the centre first moves to the chain at warmup steps
