@@ -11,9 +11,21 @@ largest relative error of a posterior sd. "Reached" is the first budget with mea
 within 0.1 sd and sds within 10 % (the issue's goal). The reference's own Monte
 Carlo error (about ``1 / sqrt(ESS)`` sd for the means) is printed beside it.
 
+``--methods`` adds baselines through the same table: ``hmcecs`` (NumPyro's HMCECS, NUTS
+inner kernel, second-order Taylor proxy around a MAP point) and BlackJAX's ``sgld`` /
+``sghmc`` (``bj-*``; ``-cv``: BlackJAX's control variates around the same MAP point).
+The MAP point is a short minibatch SVI fit (``AutoDelta``); its wall time is added to
+every row that uses it. BlackJAX tunes no step: it gets ``--bj-scale`` times the step
+this package's warmup picked for SGLD-CV / SGHMC-CV (same ``--sg-warmup``), in the
+unpreconditioned units BlackJAX uses (``h mean(C)`` for SGLD, ``h sqrt(mean(C))`` for
+SGHMC's time step); the package warmup's own time is not added to those rows. BlackJAX
+chains start at the MAP point and discard ``--sg-warmup`` steps; ``sghmc`` makes one draw
+per 10 integration steps on one minibatch (BlackJAX's default), ``sgld`` keeps every
+10th step, so a draw costs 10 minibatch gradients in both.
+
 Run from the repository root::
 
-    python benchmarks/sg_langevin.py [--n 100000] [--d 50] [--batch 1000]
+    python benchmarks/sg_langevin.py [--n 100000] [--d 50] [--batch 1000] [--methods nuts,sgld-cv,...]
 """
 
 from __future__ import annotations
@@ -27,9 +39,15 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from _context import machine
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import HMCECS, MCMC, NUTS, SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoDelta
 
 from numpyro_wjs.infer.sgld import SGHMC, SGLD
+
+try:  # the `bench` extra
+    import blackjax
+except ImportError:
+    blackjax = None
 
 
 def model(x, y, batch):
@@ -64,14 +82,71 @@ def data(n, d, seed=0, groups=False):
     return x, y
 
 
-def run(kernel, x, y, batch, warmup, draws, thinning=1, seed=1):
-    """``(draws of every latent site, flattened and concatenated; wall seconds)``."""
+def flat(samples):
+    """Every latent site's draws, flattened and concatenated (sites sorted by name)."""
+    return np.concatenate([np.asarray(v).reshape(len(v), -1) for _, v in sorted(samples.items())], axis=1)
+
+
+def run(kernel, x, y, batch, warmup, draws, thinning=1, seed=1, mcmc_out=None):
+    """``(draws of every latent site, flattened and concatenated; wall seconds)``;
+    ``mcmc_out``, a list, receives the ``MCMC`` object."""
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, thinning=thinning, progress_bar=False)
     start = time.perf_counter()
     mcmc.run(jax.random.key(seed), x, y, batch)
-    samples = mcmc.get_samples()
-    w = np.concatenate([np.asarray(samples[k]).reshape(draws // thinning, -1) for k in sorted(samples)], axis=1)
+    w = flat(mcmc.get_samples())
+    if mcmc_out is not None:
+        mcmc_out.append(mcmc)
     return w, time.perf_counter() - start
+
+
+def map_point(target, x, y, batch, steps, seed=2):
+    """``(MAP point {site: value}, wall seconds)``: minibatch SVI with ``AutoDelta``, Adam
+    with the learning rate decaying from 1e-2 to 1e-4."""
+    guide = AutoDelta(target)
+    optim = numpyro.optim.Adam(lambda i: 1e-2 * 0.01 ** (i / steps))
+    start = time.perf_counter()
+    result = SVI(target, guide, optim, Trace_ELBO()).run(jax.random.key(seed), steps, x, y, batch, progress_bar=False)
+    params = jax.block_until_ready(guide.median(result.params))
+    return params, time.perf_counter() - start
+
+
+def blackjax_run(kind, x, y, batch, centre, step, burn, draws, thin=10, cv=False, seed=1):
+    """BlackJAX's ``sgld`` / ``sghmc`` on the logistic regression from ``centre`` (flat),
+    minibatches of ``batch`` rows drawn with replacement: ``(draws, wall seconds)``. SGLD
+    keeps every ``thin``-th step; SGHMC draws once per step of ``thin`` integration steps."""
+    start = time.perf_counter()
+    n = x.shape[0]
+    grads = blackjax.sgmcmc.gradients.grad_estimator(
+        lambda w: dist.Normal(0.0, 1.0).log_prob(w).sum(),
+        lambda w, row: dist.Bernoulli(logits=row[0] @ w).log_prob(row[1]), n)
+    if cv:
+        grads = blackjax.sgmcmc.gradients.control_variates(grads, centre, (x, y))
+    if kind == "sgld":
+        algo, per_draw, steps = blackjax.sgld(grads), thin, burn + draws * thin
+    else:
+        algo, per_draw, steps = blackjax.sghmc(grads, num_integration_steps=thin), 1, burn // thin + draws
+
+    @jax.jit
+    def chain(key, x, y):
+        def one(pos, key):
+            k_batch, k_step = jax.random.split(key)
+            idx = jax.random.randint(k_batch, (batch,), 0, n)
+            pos = algo.step(k_step, pos, (x[idx], y[idx]), step)
+            return pos, pos
+
+        return jax.lax.scan(one, algo.init(centre), jax.random.split(key, steps))[1]
+
+    path = np.asarray(chain(jax.random.key(seed), x, y))
+    return path[steps - draws * per_draw + per_draw - 1::per_draw], time.perf_counter() - start
+
+
+def effective_step(mcmc, kind):
+    """The step the package's warmup picked, in unpreconditioned units (``C`` averaged):
+    ``h mean(C)`` for SGLD, ``h sqrt(mean(C))`` (a time step) for SGHMC."""
+    adapt = mcmc.last_state.adapt_state
+    c = float(np.mean(np.asarray(adapt.dual.inverse_mass_matrix)))
+    h = float(adapt.step_size)
+    return h * c if kind == "sgld" else h * np.sqrt(c)
 
 
 def laplace(x, y, iterations=12):
@@ -107,10 +182,16 @@ def main():
     p.add_argument("--model", choices=["logistic", "hierarchical"], default="logistic")
     p.add_argument("--reference", choices=["nuts", "laplace"], default="nuts",
                    help="laplace: the Gaussian approximation at the mode (logistic model, N >> d)")
+    p.add_argument("--methods", default="nuts,sgld-cv,sghmc-cv,sgld",
+                   help="comma list of nuts, sgld-cv, sghmc-cv, sgld, hmcecs, bj-sgld, bj-sgld-cv, bj-sghmc, bj-sghmc-cv")
+    p.add_argument("--ecs", default="200:200,500:500", help="HMCECS budgets warmup:draws,...")
+    p.add_argument("--ecs-blocks", type=int, default=100, help="HMCECS num_blocks (as NumPyro's hmcecs example)")
+    p.add_argument("--map-steps", type=int, default=3000, help="SVI steps of the MAP point (HMCECS, BlackJAX)")
+    p.add_argument("--bj-scale", default="1", help="BlackJAX steps: multiples of the package's warmup step")
     args = p.parse_args()
     x, y = data(args.n, args.d, groups=args.model == "hierarchical")
     target = {"logistic": model, "hierarchical": hierarchical}[args.model]
-    print(machine())
+    print(machine(**({"blackjax": blackjax.__version__} if blackjax else {})))
     print(f"{args.model}: N = {args.n}, d = {args.d}, B = {args.batch}")
 
     if args.reference == "laplace":
@@ -123,22 +204,69 @@ def main():
         print(f"reference: NUTS 300 + {args.ref_draws} draws, {t_ref:.1f} s "
               f"(its MC error of a mean ~ {1 / np.sqrt(args.ref_draws):.3f} sd x sqrt(autocorrelation time))")
 
-    sw = args.sg_warmup
-    budgets = {
-        "NUTS (full data)": [(lambda: NUTS(target), None, int(w), int(s), 1)
-                             for w, s in (b.split(":") for b in args.nuts.split(","))],
-        "SGLD-CV": [(lambda: SGLD(target, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
-        "SGHMC-CV": [(lambda: SGHMC(target, control_variates=True), args.batch, sw, s, 10) for s in (1000, 3000)],
-        "SGLD (no CV)": [(lambda: SGLD(target), args.batch, sw, s, 10) for s in (3000,)],
+    sw, b = args.sg_warmup, args.batch
+    package = {"sgld": SGLD, "sghmc": SGHMC}
+    mcmcs, fitted = {}, []  # the package's SG-CV runs (for BlackJAX's steps); the MAP point
+
+    def pkg(kind, cv, draws):
+        def go():
+            out = mcmcs.setdefault(kind, []) if cv else None
+            return run(package[kind](target, control_variates=cv), x, y, b, sw, draws * 10, 10, mcmc_out=out)
+        return go
+
+    def map_fit():
+        if not fitted:
+            params, t = map_point(target, x, y, b, args.map_steps)
+            fitted.extend((params, t, flat(jax.tree.map(lambda v: v[None], params))[0]))
+            print(f"MAP point: {args.map_steps} SVI steps, {t:.1f} s, "
+                  f"max |MAP - reference mean| = {np.max(np.abs(fitted[2] - ref_mean) / ref_sd):.2f} sd")
+        return fitted
+
+    def ecs(warmup, draws):
+        def go():
+            params, t_map, _ = map_fit()
+            w, t = run(HMCECS(NUTS(target), num_blocks=args.ecs_blocks, proxy=HMCECS.taylor_proxy(params)),
+                       x, y, b, warmup, draws)
+            return w, t + t_map
+        return go
+
+    def bj(kind, cv, scale, draws):
+        def go():
+            if not mcmcs.get(kind):
+                print(f"step from a {kind.upper()}-CV warmup of this package: {pkg(kind, True, 1)()[1]:.1f} s")
+            step = scale * effective_step(mcmcs[kind][0], kind)
+            _, t_map, centre = map_fit()
+            print(f"BlackJAX {kind}: step {step:.3g} ({scale:g} x the package's)", flush=True)
+            w, t = blackjax_run(kind, x, y, b, centre, step, sw, draws, cv=cv)
+            return w, t + t_map
+        return go
+
+    nuts, ecs_budgets = ([tuple(map(int, v.split(":"))) for v in spec.split(",")] for spec in (args.nuts, args.ecs))
+    scales = [float(v) for v in args.bj_scale.split(",")]
+    budgets = {  # key: (label, [(warmup, steps column, run), ...])
+        "nuts": ("NUTS (full data)", [(w, f"{s}", lambda w=w, s=s: run(NUTS(target), x, y, None, w, s)) for w, s in nuts]),
+        "sgld-cv": ("SGLD-CV", [(sw, f"{s}k", pkg("sgld", True, s * 100)) for s in (10, 30)]),
+        "sghmc-cv": ("SGHMC-CV", [(sw, f"{s}k", pkg("sghmc", True, s * 100)) for s in (10, 30)]),
+        "sgld": ("SGLD (no CV)", [(sw, "30k", pkg("sgld", False, 3000))]),
+        "hmcecs": (f"HMCECS (Taylor, {args.ecs_blocks} blocks)", [(w, f"{s}", ecs(w, s)) for w, s in ecs_budgets]),
     }
-    print("| method | warmup | draws x thinning | wall s | mean error (sd): max / rms | sd error: max / rms | reached |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for name, runs in budgets.items():
-        for make, batch, warmup, draws, thin in runs:
-            w, t = run(make(), x, y, batch, warmup, draws * thin, thinning=thin)
+    for kind in package:
+        for cv in (False, True):
+            label = f"BlackJAX {kind}{'-CV' if cv else ''}"
+            budgets[f"bj-{kind}{'-cv' if cv else ''}"] = (label, [
+                (sw, f"30k, step x{c:g}", bj(kind, cv, c, 3000)) for c in scales])
+    unknown = set(args.methods.split(",")) - set(budgets)
+    if unknown:
+        raise SystemExit(f"unknown --methods {sorted(unknown)}; choose from {sorted(budgets)}")
+    print("| method | warmup + steps | wall s | mean error max / rms (sd) | sd error max / rms | reached |")
+    print("|---|---|---:|---:|---:|---|")
+    for key in args.methods.split(","):
+        name, runs = budgets[key]
+        for warmup, steps, go in runs:
+            w, t = go()
             em, em2, es, es2 = errors(w, ref_mean, ref_sd)
             ok = "yes" if em < 0.1 and es < 0.1 else "no"
-            print(f"| {name} | {warmup} | {draws} x {thin} | {t:.1f} | {em:.3f} / {em2:.3f} | {es:.1%} / {es2:.1%} | {ok} |",
+            print(f"| {name} | {warmup} + {steps} | {t:.1f} | {em:.3f} / {em2:.3f} | {es:.1%} / {es2:.1%} | {ok} |",
                   flush=True)
 
 
