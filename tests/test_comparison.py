@@ -37,6 +37,7 @@ COLUMNS = [
     "round_trips",
     "ess_bulk",
     "r_hat",
+    "stray_chains",
     "wall_time_s",
 ]
 
@@ -108,7 +109,7 @@ def test_numpyro_model_with_explicit_samplers():
     runs = run_samplers(model, {"ULA": ULA(model, step_size=0.05, num_steps=1)}, budget=300, num_chains=2, num_warmup=0)
     table = summarize(runs)
     assert list(table.index) == ["ULA"]
-    assert list(table.columns) == ["evaluations", "draws", "ess_bulk", "r_hat", "wall_time_s"]
+    assert list(table.columns) == ["evaluations", "draws", "ess_bulk", "r_hat", "stray_chains", "wall_time_s"]
     assert np.all(table.evaluations == 300)
     posterior = runs["ULA"].data["posterior"]
     assert set(posterior.data_vars) == {"mu", "tau"} and posterior["tau"].shape == (2, 300)

@@ -407,3 +407,19 @@ def test_classifier_scores_of_data_sit_at_the_floor_and_refuse_nan():
         classifier_scores(bad, _StubClassifier(), data(10), data(10))
     with pytest.raises(ValueError, match="threshold"):
         classifier_scores(draws, _StubClassifier(), data(10), data(10), threshold=0)
+
+
+# --------------------------------------------------------------------------- stray chains
+def test_stray_chains_flags_an_excursion_and_nothing_else():
+    from numpyro_wjs.diagnostics.chains import stray_chains, warn_stray_chains
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 500, 3))
+    s = rng.lognormal(size=(8, 500))
+    assert stray_chains({"x": x, "s": s}) == {}
+    x[5, 250:, 1] += 12.0  # chain 5 leaves for half its draws (its sd grows, its mean moves 6 sd)
+    s[2] = np.nan
+    assert stray_chains({"x": x, "s": s}) == {"x": [5], "s": [2]}
+    assert stray_chains({"x": x[:2]}) == {}  # two chains cannot say which one strays
+    with pytest.warns(RuntimeWarning, match=r"x: chains \[5\]"):
+        warn_stray_chains({"x": x}, var_names=["x"])

@@ -63,6 +63,7 @@ from scipy.sparse import csr_array
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from numpyro_wjs.diagnostics._draws import dataset, variable
+from numpyro_wjs.diagnostics.chains import stray_chains
 from numpyro_wjs.diagnostics.modes import mode_hopping
 from numpyro_wjs.infer.langevin import MALA, ULA, UnderdampedLangevin
 from numpyro_wjs.infer.walkjump import WalkJump
@@ -541,7 +542,9 @@ def summarize(
         draws; -1 if some chain missed a mode), ``evals_to_visit_all`` (the same in
         evaluations), ``modes_visited`` (min over chains), ``round_trips`` (total
         between modes 0 and K-1), ``ess_bulk`` (min over coordinates),
-        ``r_hat`` (max over coordinates) and ``wall_time_s``.
+        ``r_hat`` (max over coordinates), ``stray_chains`` (chains whose mean strays from
+        the others', ``chains.stray_chains``: an excursion or a stuck chain) and
+        ``wall_time_s``.
     """
     if not isinstance(runs, Mapping) or not runs:
         raise ValueError("`runs` must be a non-empty dict of name -> Run.")
@@ -571,10 +574,11 @@ def summarize(
                 row["tv_distance"] = float(ds.tv_distance_all)
         row["ess_bulk"] = _extreme(az.ess(run.data, var_names=var_names, method="bulk"), np.min)
         row["r_hat"] = _extreme(az.rhat(run.data, var_names=var_names), np.max)
+        row["stray_chains"] = len({c for cs in stray_chains(run.data, var_names=var_names).values() for c in cs})
         row["wall_time_s"] = run.wall_time
         rows.append(row)
     table = pd.DataFrame(rows).set_index("sampler")
-    order = ["evaluations", "draws", *_MODE_COLUMNS, "ess_bulk", "r_hat", "wall_time_s"]
+    order = ["evaluations", "draws", *_MODE_COLUMNS, "ess_bulk", "r_hat", "stray_chains", "wall_time_s"]
     return table[[c for c in order if c in table.columns]]
 
 
