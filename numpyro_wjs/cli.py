@@ -26,7 +26,8 @@ Commands
 
 ``sample``
     Stream draws of walk-jump sampling with a saved denoiser (``--denoiser DIR``), or of
-    MALA on the demo mixture (``--model demo``), to a Zarr store ``--out`` a chunk at a
+    a NumPyro model (``--model demo``, ``FILE.py:NAME`` or ``package.module:NAME``) with
+    ``--kernel`` (MALA by default), to a Zarr store ``--out`` a chunk at a
     time (``numpyro_wjs.streaming``): memory holds one chunk, and the same command
     after a kill continues from the last complete chunk.
 
@@ -305,7 +306,7 @@ def _demo_mixture(args: argparse.Namespace, out: Path) -> int:
         runs.update(run)
         print(f"{runs[name].num_draws} draws per chain in {runs[name].wall_time:.1f} s", flush=True)
     table = summarize(runs, target, target.weights)
-    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.precision", 3):
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.precision", 3):
         print("\n" + table.to_string() + "\n", flush=True)
 
     print(f"Writing figures to {out} ...", flush=True)
@@ -379,6 +380,7 @@ Columns: `evaluations` and `draws` per chain; `switches` (total over chains) and
 `steps_to_visit_all` / `evals_to_visit_all` (-1: some chain never saw every mode);
 `modes_visited` (fewest over chains); `round_trips` between modes 0 and
 {len(DEMO_WEIGHTS) - 1}; `ess_bulk` (smallest over coordinates) and `r_hat` (largest);
+`stray_chains` (chains whose mean strays from the others': stuck in another mode);
 `wall_time_s` including compilation.
 
 Figures: `trace.png` (first coordinate against evaluations, mode regions shaded),
@@ -756,7 +758,8 @@ def _sample(args: argparse.Namespace) -> int:
     from numpyro_wjs.streaming import stream_samples
 
     if (args.denoiser is None) == (args.model is None):
-        raise UsageError("give one of --denoiser DIR (walk-jump with a saved denoiser) or --model demo.")
+        raise UsageError("give one of --denoiser DIR (walk-jump with a saved denoiser) or --model (demo, "
+                         "FILE.py:NAME or package.module:NAME).")
     kernel, shape, settings = _sample_kernel(args)
     mcmc = MCMC(kernel, num_warmup=args.warmup, num_samples=args.thin, num_chains=args.chains,
                 thinning=args.thin, chain_method="vectorized", progress_bar=False)
@@ -769,12 +772,48 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``sample --kernel``: kernels that take a NumPyro model as their first argument.
+SAMPLE_KERNELS = ("MALA", "MALT", "NUTS", "ULA", "UnderdampedLangevin", "GibbsWalkJump")
+
+
+def load_model(spec: str) -> Any:
+    """The model named by ``FILE.py:NAME`` or ``package.module:NAME`` (``UsageError`` if
+    it cannot be loaded or is not callable)."""
+    import importlib
+    import importlib.util
+
+    source, _, name = spec.rpartition(":")
+    if not source or not name:
+        raise UsageError(f"--model {spec!r}: give demo, FILE.py:NAME or package.module:NAME.")
+    try:
+        if source.endswith(".py"):
+            if not Path(source).is_file():
+                raise UsageError(f"--model {spec!r}: no file {source!r}.")
+            module_spec = importlib.util.spec_from_file_location(Path(source).stem, source)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except UsageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's module failed to import
+        raise UsageError(f"--model {spec!r}: importing {source!r} failed: {type(err).__name__}: {err}") from None
+    model = getattr(module, name, None)
+    if not callable(model):
+        raise UsageError(f"--model {spec!r}: {source!r} has no callable {name!r}.")
+    return model
+
+
 def _sample_kernel(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None, dict[str, Any]]:
     """``(kernel, event shape of the initial zeros (None: the model's own start), settings)``."""
     if args.model is not None:
-        from numpyro_wjs.infer.langevin import MALA
+        import numpyro.infer
 
-        return MALA(demo_target().model()), None, {"model": args.model}
+        import numpyro_wjs
+
+        model = demo_target().model() if args.model == "demo" else load_model(args.model)
+        kernel = getattr(numpyro_wjs, args.kernel, None) or getattr(numpyro.infer, args.kernel)
+        return kernel(model), None, {"model": args.model, "kernel": args.kernel}
     from numpyro_wjs.infer.walkjump import WalkJump
     from numpyro_wjs.nn.train import load_denoiser
 
@@ -792,8 +831,11 @@ def _sample_kernel(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | Non
 
 def _add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--denoiser", default=None, help="folder of a saved denoiser: walk-jump sampling (default: none; give it or --model)")
-    parser.add_argument("--model", choices=("demo",), default=None,
-                        help="sample a model with MALA instead: the demo's 2-D Gaussian mixture (default: none)")
+    parser.add_argument("--model", default=None,
+                        help="sample a NumPyro model instead: demo (the demo's 2-D Gaussian mixture), FILE.py:NAME "
+                             "or package.module:NAME, a model that takes no arguments (default: none)")
+    parser.add_argument("--kernel", choices=SAMPLE_KERNELS, default="MALA",
+                        help="kernel for --model (default: MALA)")
     parser.add_argument("--out", default="wjs-draws.zarr",
                         help="Zarr store to write: new, empty, or one to resume with the same settings "
                              "(default: ./wjs-draws.zarr)")

@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import signal
 import subprocess
@@ -44,9 +45,11 @@ def test_demo_quick_prints_progress_and_table(quick_demo):
     _, _, printed = quick_demo
     assert "running NUTS" in printed and "running WalkJump" in printed
     lines = [line.split() for line in printed.splitlines() if line.strip()]
-    header = next(words for words in lines if words[0] == "evaluations")
+    start = next(i for i, words in enumerate(lines) if words[0] == "evaluations")
+    header = lines[start]
     col = {name: i + 1 for i, name in enumerate(header)}
-    rows = {words[0]: words for words in lines if len(words) == len(header) + 1}
+    body = itertools.takewhile(lambda words: len(words) == len(header) + 1, lines[start + 2:])  # after "sampler"
+    rows = {words[0]: words for words in body}
     assert set(rows) == {"NUTS", "WalkJump"}
     # All chains start in mode 0. The modes are 12 standard deviations apart: NUTS
     # cannot cross (a barrier of about 70 nats), so it never switches; the smoothed

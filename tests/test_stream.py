@@ -122,3 +122,30 @@ def test_cli_samples_a_saved_denoiser_and_refuses_a_wrong_shape(tmp_path, capsys
     assert len(err) == 2 and "numpyro-wjs sample: error: --shape 3 does not fit the denoiser" in err[0]
     assert "other settings (num_chains: 2 there, 3 now" in err[1]
     assert open_draws(out)["x"].shape == (2, 5, 2)  # the refused run left the store as it was
+
+
+MODEL_FILE = '''
+import numpyro, numpyro.distributions as dist
+
+def model():
+    loc = numpyro.sample("loc", dist.Normal(3.0, 1.0))
+    numpyro.sample("scale", dist.LogNormal(loc, 0.1))
+'''
+
+
+@pytest.mark.parametrize("kernel", ["MALT", "NUTS"])
+def test_cli_samples_a_model_from_a_file(tmp_path, capsys, kernel):
+    path = tmp_path / "my_model.py"
+    path.write_text(MODEL_FILE)
+    out = tmp_path / "m.zarr"
+    args = ["sample", "--model", f"{path}:model", "--kernel", kernel, "--chains", "2", "--draws", "300",
+            "--chunk", "100", "--warmup", "200", "--out", str(out)]
+    assert cli.main(args) == 0
+    draws = open_draws(out)
+    assert draws["loc"].shape == (2, 300) and draws["scale"].shape == (2, 300)
+    assert abs(float(draws["loc"].mean()) - 3.0) < 0.5  # N(3, 1), 600 draws: a few MCSE
+    assert np.all(draws["scale"].values > 0)  # constrained values
+    for bad, message in [(f"{tmp_path}/missing.py:model", "no file"), (f"{path}:other", "has no callable 'other'"),
+                         ("model", "give demo, FILE.py:NAME")]:
+        assert cli.main([*args[:2], bad, *args[3:-2], "--out", str(tmp_path / "bad.zarr")]) == 2
+        assert message in capsys.readouterr().err
