@@ -50,6 +50,15 @@ NUTS chains x 2,000 draws: means 0.115 and 0.113 against 0.120 and 0.101, i.e. -
 +0.28 ground-truth sd; sds 0.86 and 0.84 of the gym's), which puts a floor of about
 0.08 under the all-coordinate ``b2`` of every sampler; the 30 ``locs`` agree.
 
+Measured on 2 shared CPU cores (docs/benchmarks.md): 32 chains, 1,000 warmup, 2,000
+NUTS draws on Banana, EightSchools, NealsFunnel and Brownian motion. Fewer where 32
+chains of NUTS were too slow: StochasticVolatilitySP500Small 1,000 draws (and 500
+warmup / 200 draws), SyntheticItemResponseTheory and IllConditionedGaussian 300 warmup
+/ 100 draws (IllConditionedGaussian is rotated, so NUTS with its diagonal mass matrix
+runs trees of up to 1,023 steps; 1,000 warmup + 2,000 draws did not finish in 12 min).
+MAMS on stochastic volatility was not measured: XLA's compilation of the vmapped tuner
+(``jit_tune``) had not finished after 5 minutes.
+
 MAMS is BlackJAX's ``adjusted_mclmc_dynamic`` (isokinetic McLachlan integrator:
 coefficients ``[b1, a1, b2, a1, b1]``, two position updates, so **two gradient calls per
 integration step**, the last gradient carried to the next step; random trajectory
