@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpyro.optim
 from jax import random
 from jax.flatten_util import ravel_pytree
 from numpyro.handlers import seed, substitute
@@ -187,6 +188,7 @@ class _SGKernel(Kernel):
         schedule=None,
         control_variates=False,
         with_replacement=True,
+        mode_steps=1000,
         init_strategy=init_to_uniform,
     ):
         name = type(self).__name__
@@ -210,6 +212,7 @@ class _SGKernel(Kernel):
         self._decay = _check_schedule(schedule)
         self._control_variates = bool(control_variates)
         self._replace = bool(with_replacement)
+        self._mode_steps = validation.positive_int("mode_steps", mode_steps, minimum=0)
 
     # -- MCMCKernel interface ---------------------------------------------------
     @property
@@ -284,13 +287,29 @@ class _SGKernel(Kernel):
         return info._replace(noise_var=jnp.zeros_like(ravel_pytree(z)[0]))
 
     def _init_state(self, z, rng_key, source, metric):
-        key, key_core = random.split(rng_key)
-        x = ravel_pytree(z)[0]
+        key, key_core, key_mode = random.split(rng_key, 3)
+        x, unravel = ravel_pytree(z)
+        if self._mode_steps:
+            x = self._towards_mode(key_mode, x, self._grad_fn(source))
+            z = unravel(x)
         centre = centre_grad = None
         if self._control_variates:
             centre, centre_grad = x, self._full_grad(source, x)
         state = self._core_init(key_core, z, self._grad_fn(source, centre, centre_grad), metric)
         return state._replace(centre=centre, centre_grad=centre_grad), key
+
+    def _towards_mode(self, rng_key, x, grad_fn):
+        """``x`` after ``mode_steps`` minibatch Adam steps up ``log p`` (learning rate 1e-2
+        decaying geometrically to 1e-4), a non-finite result leaving ``x`` where it was."""
+        n = self._mode_steps
+        optim = numpyro.optim.Adam(lambda i: 1e-2 * 0.01 ** (i / n))
+
+        def body(state, key):
+            return optim.update(-grad_fn(key, optim.get_params(state)), state), None
+
+        state, _ = jax.lax.scan(body, optim.init(x), random.split(rng_key, n))
+        found = optim.get_params(state)
+        return jnp.where(jnp.all(jnp.isfinite(found)), found, x)
 
     def _check_start(self, state) -> None:
         check_finite_start(
@@ -405,6 +424,12 @@ class SGLD(_SGKernel):
     is SGLD-CV (Baker et al. 2019): ``g~`` is the full-data gradient at a centre plus
     the minibatch difference between ``z`` and the centre.
 
+    **Start.** The chain starts from ``init_strategy``'s point moved ``mode_steps`` minibatch
+    Adam steps up ``log p`` (learning rate ``1e-2`` decaying to ``1e-4``): at large ``N``
+    the posterior is narrow and a random start lies hundreds of posterior sds away, which
+    the Metropolis-adjusted warmup below crosses too slowly (``N = 10^6``: one start in two
+    was still far at the end of 3,000 warmup steps without it).
+
     **Warmup (no full-data gradient).** Each warmup step is a Metropolis-adjusted step on
     the *minibatch* target ``p_S`` (both ends on the same minibatch, trapezoid rule:
     ``core.sgld.sgld_log_ratio``), and dual averaging tunes ``h`` to
@@ -451,6 +476,8 @@ class SGLD(_SGKernel):
         replacement ``jax.random.choice`` permutes all ``N`` rows every step, which
         dominates the cost for large ``N``). The noise variance differs by the factor
         ``1 - B/N`` only.
+    mode_steps : int
+        Minibatch Adam steps towards the mode before warmup (1000; 0: none).
     init_strategy : callable
         NumPyro init strategy.
 
