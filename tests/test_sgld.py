@@ -376,3 +376,13 @@ def test_errors():
         SGLD(gaussian_model, preconditioner="rmsprop", adapt_mass_matrix=True)
     with pytest.raises(ValueError, match="needs `model`"):
         SGLD(None)
+
+
+def test_the_start_moves_towards_the_mode():
+    """``mode_steps`` minibatch Adam steps take a start 25 posterior sds (1.8) away to the mode;
+    ``mode_steps=0`` leaves it where it was."""
+    sd = 1 / np.sqrt(P)
+    start = {"mu": jnp.array(M - 25 * sd)}
+    for steps, expected, tol in [(1000, M, 5 * sd), (0, M - 25 * sd, 1e-6)]:
+        state = SGLD(gaussian_model, mode_steps=steps).init(jax.random.key(0), 10, start, (jnp.asarray(X),), {})
+        assert abs(float(state.z["mu"]) - expected) < tol, (steps, float(state.z["mu"]), expected)

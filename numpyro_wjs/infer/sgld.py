@@ -428,7 +428,9 @@ class SGLD(_SGKernel):
     Adam steps up ``log p`` (learning rate ``1e-2`` decaying to ``1e-4``): at large ``N``
     the posterior is narrow and a random start lies hundreds of posterior sds away, which
     the Metropolis-adjusted warmup below crosses too slowly (``N = 10^6``: one start in two
-    was still far at the end of 3,000 warmup steps without it).
+    was still far at the end of 3,000 warmup steps without it). Adam moves each coordinate
+    by at most about ``lr`` per step, about 2 unconstrained units over the 1,000 default
+    steps: enough from ``init_to_uniform``'s ``[-2, 2]``; start closer otherwise.
 
     **Warmup (no full-data gradient).** Each warmup step is a Metropolis-adjusted step on
     the *minibatch* target ``p_S`` (both ends on the same minibatch, trapezoid rule:
