@@ -53,11 +53,12 @@ NUTS chains x 2,000 draws: means 0.115 and 0.113 against 0.120 and 0.101, i.e. -
 Measured on 2 shared CPU cores (docs/benchmarks.md): 32 chains, 1,000 warmup, 2,000
 NUTS draws on Banana, EightSchools, NealsFunnel and Brownian motion. Fewer where 32
 chains of NUTS were too slow: StochasticVolatilitySP500Small 1,000 draws (and 500
-warmup / 200 draws), SyntheticItemResponseTheory and IllConditionedGaussian 300 warmup
-/ 100 draws (IllConditionedGaussian is rotated, so NUTS with its diagonal mass matrix
-runs trees of up to 1,023 steps; 1,000 warmup + 2,000 draws did not finish in 12 min).
-MAMS on stochastic volatility was not measured: XLA's compilation of the vmapped tuner
-(``jit_tune``) had not finished after 5 minutes.
+warmup / 200 draws). Not measured yet: SyntheticItemResponseTheory (NUTS, 32 chains,
+did not finish 1,000 warmup + 500 draws in 10 min, nor 300 + 100 in 7 min) and
+IllConditionedGaussian (rotated, so NUTS with its diagonal mass matrix runs trees of up
+to 1,023 steps: neither 1,000 + 2,000 in 12 min nor 300 + 100 in 7 min); they need a
+quieter or bigger machine. MAMS on stochastic volatility was not measured either: XLA's
+compilation of the vmapped tuner (``jit_tune``) had not finished after 5 minutes.
 
 MAMS is BlackJAX's ``adjusted_mclmc_dynamic`` (isokinetic McLachlan integrator:
 coefficients ``[b1, a1, b2, a1, b1]``, two position updates, so **two gradient calls per
