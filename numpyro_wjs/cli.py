@@ -785,17 +785,15 @@ def load_model(spec: str) -> Any:
     source, _, name = spec.rpartition(":")
     if not source or not name:
         raise UsageError(f"--model {spec!r}: give demo, FILE.py:NAME or package.module:NAME.")
+    if source.endswith(".py") and not Path(source).is_file():
+        raise UsageError(f"--model {spec!r}: no file {source!r}.")
     try:
         if source.endswith(".py"):
-            if not Path(source).is_file():
-                raise UsageError(f"--model {spec!r}: no file {source!r}.")
             module_spec = importlib.util.spec_from_file_location(Path(source).stem, source)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(source)
-    except UsageError:
-        raise
     except Exception as err:  # noqa: BLE001 - the user's module failed to import
         raise UsageError(f"--model {spec!r}: importing {source!r} failed: {type(err).__name__}: {err}") from None
     model = getattr(module, name, None)
