@@ -54,14 +54,13 @@ NUTS chains x 2,000 draws: means 0.115 and 0.113 against 0.120 and 0.101, i.e. -
 0.08 under the all-coordinate ``b2`` of every sampler; the 30 ``locs`` agree.
 
 Measured on 2 shared CPU cores (docs/benchmarks.md): 32 chains, 1,000 warmup, 2,000
-NUTS draws on Banana, EightSchools, NealsFunnel and Brownian motion. Fewer where 32
-chains of NUTS were too slow: StochasticVolatilitySP500Small 1,000 draws (and 500
-warmup / 200 draws). Not measured yet: SyntheticItemResponseTheory (NUTS, 32 chains,
-did not finish 1,000 warmup + 500 draws in 10 min, nor 300 + 100 in 7 min) and
-IllConditionedGaussian (rotated, so NUTS with its diagonal mass matrix runs trees of up
-to 1,023 steps: neither 1,000 + 2,000 in 12 min nor 300 + 100 in 7 min); they need a
-quieter or bigger machine. MAMS on stochastic volatility was not measured either: XLA's
-compilation of the vmapped tuner (``jit_tune``) had not finished after 5 minutes.
+NUTS draws on Banana, EightSchools, NealsFunnel and Brownian motion; 1,000 NUTS draws
+(the ``--gym`` default) on StochasticVolatilitySP500Small, IllConditionedGaussian and
+SyntheticItemResponseTheory. On a load average near 2 the last two took 22 and 44
+minutes for the five samplers (NUTS 96 s and 580 s; MALT 544 s and 1,011 s); under a
+load of 4-8 they had not finished. MAMS's first call on stochastic volatility and item
+response theory spends most of its time in XLA compiling the vmapped tuner (734 s and
+676 s in all).
 
 MAMS is BlackJAX's ``adjusted_mclmc_dynamic`` (isokinetic McLachlan integrator:
 coefficients ``[b1, a1, b2, a1, b1]``, two position updates, so **two gradient calls per
